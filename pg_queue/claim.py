@@ -1,0 +1,171 @@
+"""The hot path: claim, ack, retry, bury, extend, release and re-arm, each one statement.
+
+Functions take a psycopg connection in autocommit mode (the worker's own, not Django's), so a
+statement commits as soon as it returns and no transaction is held while a task runs. Batched
+operations take parallel lists so one round trip serves a whole batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.db import connections
+
+from pg_queue import sql
+from pg_queue.conf import queue_settings
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    """A message this worker holds a lease on."""
+
+    msg_id: int
+    task_id: uuid.UUID
+    task_name: str
+    queue_name: str
+    payload: Any
+    attempts: int
+    max_attempts: int
+    lease_token: uuid.UUID
+    enqueued_at: dt.datetime
+    claimed_at: dt.datetime  # database clock at claim
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    msg: ClaimedMessage
+    result_json: str | None  # None: the task does not store results
+    started_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    msg: ClaimedMessage
+    delay: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bury:
+    msg: ClaimedMessage
+    reason: str
+    error: str
+    traceback: str
+    started_at: dt.datetime | None
+
+
+def worker_connection(alias: str = "default") -> psycopg.Connection[Any]:
+    """A fresh autocommit psycopg connection to the database Django's ``alias`` points at.
+
+    Prepared statements follow ``PG_QUEUE['PREPARED_STATEMENTS']`` (turn them off behind a
+    PgBouncer that does not support them).
+    """
+    params = dict(connections[alias].get_connection_params())
+    for django_only in ("context", "cursor_factory", "server_side_binding"):
+        params.pop(django_only, None)
+    params.pop("prepare_threshold", None)
+    conn = psycopg.connect(**params, autocommit=True)
+    conn.prepare_threshold = 0 if queue_settings().prepared_statements else None
+    return conn
+
+
+def message_claim(
+    conn: psycopg.Connection[Any], *, queue: str, limit: int, lease: float, worker_id: str
+) -> list[ClaimedMessage]:
+    """Claim up to ``limit`` due messages of ``queue``; never more, never one held elsewhere."""
+    rows = conn.execute(
+        sql.MESSAGE_CLAIM,
+        {"queue": queue, "limit": limit, "lease": lease, "worker_id": worker_id},
+    ).fetchall()
+    return [ClaimedMessage(*row) for row in rows]
+
+
+def message_due_soon(conn: psycopg.Connection[Any], *, queues: list[str], lookahead: float) -> bool:
+    row = conn.execute(sql.MESSAGE_DUE_SOON, {"queues": queues, "lookahead": lookahead}).fetchone()
+    return bool(row and row[0])
+
+
+def message_ack(conn: psycopg.Connection[Any], items: list[Success], *, ttl: float) -> set[int]:
+    """Delete acked messages and store their outcomes in one statement; returns acked ids."""
+    stored = [s for s in items if s.result_json is not None]
+    rows = conn.execute(
+        sql.MESSAGE_ACK,
+        {
+            "msg_ids": [s.msg.msg_id for s in items],
+            "tokens": [s.msg.lease_token for s in items],
+            "r_msg_ids": [s.msg.msg_id for s in stored],
+            "r_results": [s.result_json for s in stored],
+            "r_started": [s.started_at for s in stored],
+            "ttl": ttl,
+        },
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def message_retry(conn: psycopg.Connection[Any], items: list[RetryLater]) -> set[int]:
+    rows = conn.execute(
+        sql.MESSAGE_RETRY,
+        {
+            "msg_ids": [r.msg.msg_id for r in items],
+            "tokens": [r.msg.lease_token for r in items],
+            "delays": [r.delay for r in items],
+            "errors": [r.error for r in items],
+        },
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def message_bury(conn: psycopg.Connection[Any], items: list[Bury], *, ttl: float) -> set[int]:
+    """Dead-letter messages and record failed outcomes in one statement; returns moved ids."""
+    rows = conn.execute(
+        sql.MESSAGE_BURY,
+        {
+            "msg_ids": [b.msg.msg_id for b in items],
+            "tokens": [b.msg.lease_token for b in items],
+            "reasons": [b.reason for b in items],
+            "errors": [b.error for b in items],
+            "tracebacks": [b.traceback for b in items],
+            "started": [b.started_at for b in items],
+            "ttl": ttl,
+        },
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def lease_extend(
+    conn: psycopg.Connection[Any], held: dict[int, uuid.UUID], *, lease: float
+) -> set[int]:
+    """Renew every lease in ``held`` (msg_id -> token); returns the ids still ours."""
+    if not held:
+        return set()
+    rows = conn.execute(
+        sql.LEASE_EXTEND,
+        {"msg_ids": list(held), "tokens": list(held.values()), "lease": lease},
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def message_release(conn: psycopg.Connection[Any], held: dict[int, uuid.UUID]) -> set[int]:
+    """Hand claimed-but-unstarted or abandoned messages back without counting an attempt."""
+    if not held:
+        return set()
+    rows = conn.execute(
+        sql.MESSAGE_RELEASE, {"msg_ids": list(held), "tokens": list(held.values())}
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def message_rearm(conn: psycopg.Connection[Any], *, limit: int, ttl: float) -> tuple[int, int]:
+    """Return expired claims to ready (or bury them on their last attempt): (rearmed, buried)."""
+    rearmed = conn.execute(sql.MESSAGE_REARM, {"limit": limit}).fetchall()
+    buried = conn.execute(sql.MESSAGE_REARM_EXHAUSTED, {"limit": limit, "ttl": ttl}).fetchall()
+    return len(rearmed), len(buried)
+
+
+def result_sweep(conn: psycopg.Connection[Any], *, limit: int) -> int:
+    """Delete up to ``limit`` expired results."""
+    return conn.execute(sql.RESULT_SWEEP, {"limit": limit}).rowcount

@@ -1,0 +1,110 @@
+"""The one place that reads ``settings.PG_QUEUE``.
+
+Every default is a named constant here, next to the reason it has that value. Code elsewhere asks
+``queue_settings()`` and never touches ``django.conf.settings.PG_QUEUE`` directly, so a typo in a
+key is caught once (``manage.py check``) instead of being silently ignored in a worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+#: Queue a task lands on when neither the task nor the call names one (Celery's default too).
+DEFAULT_QUEUE = "default"
+#: Executions started before a job is dead-lettered. Three survives one bad deploy and one blip.
+DEFAULT_MAX_ATTEMPTS = 3
+#: Seconds a claim stays ours without renewal. The heartbeat renews every third of it, so two
+#: missed beats are tolerated before any other worker may re-arm the job.
+DEFAULT_LEASE_SECONDS = 30.0
+#: Base of the exponential retry backoff (seconds): base * 2**(attempt-1), with full jitter.
+DEFAULT_RETRY_BACKOFF = 1.0
+#: Ceiling of one retry delay, so a flapping dependency does not push a job out for hours.
+DEFAULT_RETRY_BACKOFF_MAX = 600.0
+#: How long an outcome row is kept. A day comfortably exceeds any sane blocking-call timeout.
+DEFAULT_RESULT_TTL_SECONDS = 86_400
+#: Threads per worker process. Tasks are mostly I/O bound (HTTP, SQL), so threads pay off.
+DEFAULT_CONCURRENCY = 8
+#: Most rows one claim statement locks; also the prefetch beyond busy threads.
+DEFAULT_BATCH_SIZE = 100
+#: Longest idle sleep between polls when no NOTIFY arrives (also bounds delayed-job lateness).
+DEFAULT_POLL_INTERVAL_MAX = 0.5
+#: First idle sleep; doubled after each empty poll up to the maximum.
+DEFAULT_POLL_INTERVAL_MIN = 0.01
+#: Wake idle workers with LISTEN/NOTIFY. Off behind PgBouncer transaction pooling.
+DEFAULT_NOTIFY = True
+#: Let psycopg prepare the hot-path statements. Off behind PgBouncer older than 1.21.
+DEFAULT_PREPARED_STATEMENTS = True
+#: Seconds between the re-arm sweeps every worker runs (expired leases go back to ready).
+DEFAULT_REARM_INTERVAL = 5.0
+#: Seconds a --burst worker still waits for delayed rows (e.g. retries) before it exits.
+DEFAULT_BURST_LOOKAHEAD = 15.0
+#: Per-task wall clock limit in seconds; 0 means none (the lease is still renewed).
+DEFAULT_TIME_LIMIT = 0.0
+#: Dotted path of the Celery app whose tasks the worker may run by name ("" = none).
+DEFAULT_CELERY_APP = ""
+#: Extra task modules imported by every worker (like Celery's ``imports``).
+DEFAULT_IMPORTS: tuple[str, ...] = ()
+#: Payload keys whose values are masked in logs and the admin.
+DEFAULT_SECRET_KEYS: tuple[str, ...] = ("password", "secret", "token", "api_key", "authorization")
+#: NOTIFY channel the producer signals and workers listen on.
+NOTIFY_CHANNEL = "pg_queue"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueSettings:
+    """Resolved ``PG_QUEUE`` settings; keys are the lower-case field names in upper case."""
+
+    default_queue: str = DEFAULT_QUEUE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    result_ttl_seconds: int = DEFAULT_RESULT_TTL_SECONDS
+    concurrency: int = DEFAULT_CONCURRENCY
+    batch_size: int = DEFAULT_BATCH_SIZE
+    poll_interval_min: float = DEFAULT_POLL_INTERVAL_MIN
+    poll_interval_max: float = DEFAULT_POLL_INTERVAL_MAX
+    notify: bool = DEFAULT_NOTIFY
+    prepared_statements: bool = DEFAULT_PREPARED_STATEMENTS
+    rearm_interval: float = DEFAULT_REARM_INTERVAL
+    burst_lookahead: float = DEFAULT_BURST_LOOKAHEAD
+    time_limit: float = DEFAULT_TIME_LIMIT
+    celery_app: str = DEFAULT_CELERY_APP
+    imports: tuple[str, ...] = DEFAULT_IMPORTS
+    secret_keys: tuple[str, ...] = DEFAULT_SECRET_KEYS
+
+
+_KNOWN_KEYS = {f.name.upper() for f in fields(QueueSettings)}
+
+
+def unknown_keys(raw: dict[str, Any]) -> list[str]:
+    """Keys of a ``PG_QUEUE`` dict this version does not know (reported by ``manage.py check``)."""
+    return sorted(k for k in raw if k not in _KNOWN_KEYS)
+
+
+@cache
+def queue_settings() -> QueueSettings:
+    """The resolved settings; cached, and reset when tests override ``PG_QUEUE``."""
+    raw: dict[str, Any] = dict(getattr(settings, "PG_QUEUE", {}) or {})
+    values: dict[str, Any] = {}
+    for f in fields(QueueSettings):
+        key = f.name.upper()
+        if key in raw:
+            value = raw[key]
+            if isinstance(f.default, tuple):
+                value = tuple(value)
+            values[f.name] = value
+    return QueueSettings(**values)
+
+
+def _reset(*, setting: str, **_: Any) -> None:
+    if setting == "PG_QUEUE":
+        queue_settings.cache_clear()
+
+
+setting_changed.connect(_reset)

@@ -1,0 +1,33 @@
+"""The small, named hierarchy of errors pg_queue raises."""
+
+
+class PgQueueError(Exception):
+    """Base of every error pg_queue raises on purpose."""
+
+
+class PayloadError(PgQueueError, ValueError):
+    """A value cannot travel as JSON; the message names the argument path (``kwargs['when']``)."""
+
+
+class TaskNotFound(PgQueueError, LookupError):
+    """No task is registered under that name (natively or in the configured Celery app)."""
+
+
+class ConfigurationError(PgQueueError):
+    """``PG_QUEUE`` settings or command flags do not make sense together."""
+
+
+class WaitInTransactionError(PgQueueError, RuntimeError):
+    """Waiting for a result inside an open transaction would wait for a job that cannot start."""
+
+
+class Retry(PgQueueError):
+    """Raised by a task to ask for another attempt, after ``delay`` seconds if given.
+
+    The attempt still counts toward ``max_attempts``; when none remain the job is dead-lettered.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason or "retry requested")

@@ -1,0 +1,165 @@
+"""The queue's tables. Django owns their schema; the hot path speaks raw SQL to them (claim.py).
+
+Times are written by the database clock (``now()``), never a worker's clock. Text columns use
+``''`` for "none". A job's status is derived so the hot path pays no extra write: a message row
+means queued or running, a result row means finished, neither means unknown or expired.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models.functions import Now
+
+
+class MessageState(models.TextChoices):
+    READY = "ready", "ready"
+    CLAIMED = "claimed", "claimed"
+
+
+class ResultStatus(models.TextChoices):
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+
+
+class DeadLetterReason(models.TextChoices):
+    EXHAUSTED = "exhausted", "attempts exhausted"
+    UNKNOWN_TASK = "unknown_task", "unknown task"
+    UNDECODABLE = "undecodable", "undecodable payload"
+    LEASE_EXPIRED = "lease_expired", "lease expired on the last attempt"
+
+
+class WorkerState(models.TextChoices):
+    RUNNING = "running", "running"
+    STOPPING = "stopping", "stopping"
+
+
+class QueueMessage(models.Model):
+    """One queued or running job. Finished jobs are deleted, so this table stays small."""
+
+    msg_id = models.BigAutoField(primary_key=True)
+    task_id = models.UUIDField(default=uuid.uuid4, unique=True)
+    queue_name = models.CharField(max_length=200)
+    task_name = models.CharField(max_length=300)
+    payload = models.JSONField(default=dict)
+    state = models.CharField(
+        max_length=16,
+        choices=MessageState.choices,
+        default=MessageState.READY,
+        db_default=MessageState.READY,
+    )
+    priority = models.SmallIntegerField(default=0, db_default=0)
+    available_at = models.DateTimeField(db_default=Now())
+    enqueued_at = models.DateTimeField(db_default=Now())
+    vt = models.DateTimeField(null=True, blank=True, help_text="lease expiry while claimed")
+    lease_token = models.UUIDField(null=True, blank=True)
+    worker_id = models.CharField(max_length=200, blank=True, default="", db_default="")
+    attempts = models.IntegerField(default=0, db_default=0, help_text="executions started")
+    max_attempts = models.IntegerField(default=3, db_default=3)
+    tenant_key = models.CharField(max_length=200, blank=True, default="", db_default="")
+    # NULL, not "": NULL keys never collide in the partial unique index / lock table.
+    resource_key = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
+    dedup_key = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
+    last_error = models.TextField(blank=True, default="", db_default="")
+
+    class Meta:
+        db_table = "pg_queue_message"
+        indexes = [
+            # Serves the claim: ready rows only, in claim order. vt is deliberately absent so
+            # lease renewals stay HOT updates.
+            models.Index(
+                fields=["queue_name", "-priority", "available_at", "msg_id"],
+                name="pg_queue_msg_claim_idx",
+                condition=models.Q(state="ready"),
+            ),
+            # Serves the re-arm sweep over expired leases.
+            models.Index(
+                fields=["vt"], name="pg_queue_msg_vt_idx", condition=models.Q(state="claimed")
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dedup_key"],
+                name="pg_queue_msg_dedup_uniq",
+                condition=models.Q(dedup_key__isnull=False),
+            ),
+            models.CheckConstraint(
+                condition=models.Q(state__in=["ready", "claimed"]), name="pg_queue_msg_state_ck"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] {self.state}"
+
+
+class TaskResult(models.Model):
+    """A job's outcome; first write wins (``INSERT ... ON CONFLICT DO NOTHING``)."""
+
+    task_id = models.UUIDField(primary_key=True)
+    status = models.CharField(max_length=16, choices=ResultStatus.choices)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    task_name = models.CharField(max_length=300, blank=True, default="")
+    queue_name = models.CharField(max_length=200, blank=True, default="")
+    attempts = models.IntegerField(default=0)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(db_default=Now())
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "pg_task_result"
+        indexes = [models.Index(fields=["expires_at"], name="pg_task_result_expires_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] {self.status}"
+
+
+class DeadLetter(models.Model):
+    """A job that will not run again by itself. Nothing is deleted silently."""
+
+    id = models.BigAutoField(primary_key=True)
+    task_id = models.UUIDField(db_index=True)
+    queue_name = models.CharField(max_length=200)
+    task_name = models.CharField(max_length=300)
+    payload = models.JSONField(null=True, blank=True)
+    reason = models.CharField(max_length=32, choices=DeadLetterReason.choices)
+    last_error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    attempts = models.IntegerField(default=0)
+    max_attempts = models.IntegerField(default=0)
+    priority = models.SmallIntegerField(default=0)
+    tenant_key = models.CharField(max_length=200, blank=True, default="")
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "pg_queue_dead_letter"
+        indexes = [models.Index(fields=["queue_name", "failed_at"], name="pg_queue_dl_queue_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] {self.reason}"
+
+
+class Worker(models.Model):
+    """One live worker process. The id is unique per process start, never a reusable host/pid."""
+
+    worker_id = models.CharField(max_length=200, primary_key=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    queues = models.JSONField(default=list)
+    concurrency = models.IntegerField()
+    started_at = models.DateTimeField(db_default=Now())
+    heartbeat_at = models.DateTimeField(db_default=Now())
+    state = models.CharField(
+        max_length=16, choices=WorkerState.choices, default=WorkerState.RUNNING
+    )
+
+    class Meta:
+        db_table = "pg_worker"
+
+    def __str__(self) -> str:
+        return self.worker_id

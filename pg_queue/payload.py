@@ -1,0 +1,178 @@
+"""The wire contract: what a message's ``payload`` column holds, and how values become JSON.
+
+No pickle, ever. Arguments are coerced to JSON at the boundary (enqueue) so that a bad value is a
+``ValueError`` naming the argument path in the caller's stack, not a poison message in a worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from pg_queue.exceptions import PayloadError
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def coerce_json(value: Any, path: str) -> Any:
+    """Return ``value`` as plain JSON data, or raise ``PayloadError`` naming ``path``.
+
+    Dates and times become ISO 8601 strings, UUIDs and Decimals strings, enums their value,
+    tuples lists. NaN, infinities, bytes, sets, non-string dict keys and arbitrary objects are
+    refused: silently turning them into something else would lose data.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise PayloadError(f"{path} is {value!r}: NaN and infinity are not valid JSON")
+    if kind is list or kind is tuple:
+        return [coerce_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise PayloadError(
+                    f"{path} has a key {key!r} of type {type(key).__name__}: JSON keys must be str"
+                )
+            out[key] = coerce_json(item, f"{path}[{key!r}]")
+        return out
+    return _coerce_other(value, path)
+
+
+def _coerce_other(value: Any, path: str) -> Any:
+    if isinstance(value, bool | int | str) and not isinstance(value, enum.Enum):
+        return coerce_json(kind_base(value), path)
+    if isinstance(value, enum.Enum):
+        return coerce_json(value.value, path)
+    if isinstance(value, float):
+        return coerce_json(float(value), path)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID | Decimal):
+        if isinstance(value, Decimal) and not value.is_finite():
+            raise PayloadError(f"{path} is {value!r}: NaN and infinity are not valid JSON")
+        return str(value)
+    if isinstance(value, Mapping):
+        return coerce_json(dict(value), path)
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise PayloadError(f"{path} is {type(value).__name__}: encode binary data (e.g. base64)")
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return coerce_json(list(value), path)
+    raise PayloadError(
+        f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which is not "
+        "JSON-serialisable (pass plain data: str, int, float, bool, None, list, dict, "
+        "date/datetime, UUID, Decimal)"
+    )
+
+
+def kind_base(value: bool | int | str) -> bool | int | str:
+    """The plain built-in value of a subclass of bool, int or str."""
+    for base in (bool, int, str):
+        if isinstance(value, base):
+            return base(value)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of already-coerced data."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ContinuationSpec:
+    """A task to enqueue after another finishes (``on_success`` / ``on_error``)."""
+
+    task_name: str
+    queue: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.task_name:
+            raise ValueError("continuation has no task name")
+        if not self.queue:
+            raise ValueError(f"continuation {self.task_name!r} has no queue")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_name": self.task_name,
+            "queue": self.queue,
+            "args": coerce_json(list(self.args), f"{self.task_name}.args"),
+            "kwargs": coerce_json(dict(self.kwargs), f"{self.task_name}.kwargs"),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> ContinuationSpec:
+        if not isinstance(data, dict):
+            raise PayloadError(f"continuation is {type(data).__name__}, expected an object")
+        return cls(
+            task_name=str(data.get("task_name") or ""),
+            queue=str(data.get("queue") or ""),
+            args=list(data.get("args") or []),
+            kwargs=dict(data.get("kwargs") or {}),
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskPayload:
+    """Decoded contents of a message's ``payload`` column."""
+
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
+    on_success: ContinuationSpec | None = None
+    on_error: ContinuationSpec | None = None
+    reply_key: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object stored in the column; optional keys are omitted when empty."""
+        data: dict[str, Any] = {
+            "args": coerce_json(list(self.args), "args"),
+            "kwargs": coerce_json(dict(self.kwargs), "kwargs"),
+        }
+        if self.headers:
+            data["headers"] = coerce_json(dict(self.headers), "headers")
+        if self.on_success is not None:
+            data["on_success"] = self.on_success.to_json()
+        if self.on_error is not None:
+            data["on_error"] = self.on_error.to_json()
+        if self.reply_key:
+            data["reply_key"] = self.reply_key
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskPayload:
+        """Decode a stored payload; ``PayloadError`` says what is wrong with it."""
+        if not isinstance(data, dict):
+            raise PayloadError(f"payload is {type(data).__name__}, expected a JSON object")
+        args = data.get("args", [])
+        kwargs = data.get("kwargs", {})
+        if not isinstance(args, list):
+            raise PayloadError(f"payload args is {type(args).__name__}, expected a list")
+        if not isinstance(kwargs, dict):
+            raise PayloadError(f"payload kwargs is {type(kwargs).__name__}, expected an object")
+        headers = data.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise PayloadError(f"payload headers is {type(headers).__name__}, expected an object")
+        on_success = data.get("on_success")
+        on_error = data.get("on_error")
+        return cls(
+            args=args,
+            kwargs=kwargs,
+            headers=headers,
+            on_success=ContinuationSpec.from_json(on_success) if on_success else None,
+            on_error=ContinuationSpec.from_json(on_error) if on_error else None,
+            reply_key=str(data.get("reply_key") or ""),
+        )

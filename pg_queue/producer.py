@@ -1,0 +1,285 @@
+"""Enqueue: validate, JSON-coerce, and INSERT through the caller's Django connection.
+
+Because the INSERT runs on Django's connection, a job commits or rolls back with the caller's
+``transaction.atomic()``: no phantom job for a rolled-back write, no lost job for a committed one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connections
+
+from pg_queue import sql
+from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.payload import ContinuationSpec, TaskPayload, dumps
+from pg_queue.registry import EnqueueOptions, native_task
+from pg_queue.results import TaskHandle
+
+logger = logging.getLogger("pg_queue.producer")
+
+#: Rows per bulk statement; bounds one statement's memory and lock footprint.
+BULK_CHUNK = 5_000
+#: A dedup race (the live duplicate finished between our INSERT and SELECT) is retried this often.
+DEDUP_RETRIES = 3
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobSpec:
+    """One job to enqueue: task name, arguments and options."""
+
+    task_name: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: EnqueueOptions = field(default_factory=EnqueueOptions)
+    headers: dict[str, Any] = field(default_factory=dict)
+    on_success: ContinuationSpec | None = None
+    on_error: ContinuationSpec | None = None
+    reply_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A validated row, ready for INSERT or COPY."""
+
+    task_id: uuid.UUID
+    queue: str
+    task_name: str
+    payload: str
+    priority: int
+    delay: float
+    eta: dt.datetime | None
+    max_attempts: int
+    tenant_key: str
+    resource_key: str | None
+    dedup_key: str | None
+
+
+def _validate(spec: JobSpec) -> _Row:
+    """Apply task defaults and check every field; errors name the problem."""
+    if not isinstance(spec.task_name, str) or not spec.task_name:
+        raise ValueError(f"task name must be a non-empty string, got {spec.task_name!r}")
+    if not isinstance(spec.args, list | tuple):
+        raise ValueError(
+            f"args for {spec.task_name!r} must be a list or tuple, got {type(spec.args).__name__}"
+        )
+    if not isinstance(spec.kwargs, dict):
+        raise ValueError(
+            f"kwargs for {spec.task_name!r} must be a dict, got {type(spec.kwargs).__name__}"
+        )
+    conf = queue_settings()
+    known = native_task(spec.task_name)
+    opts = spec.options
+    queue = opts.queue or (known.queue if known else conf.default_queue)
+    priority = opts.priority if opts.priority is not None else (known.priority if known else 0)
+    max_attempts = opts.max_attempts or (known.max_attempts if known else conf.max_attempts)
+    if not -32768 <= priority <= 32767:
+        raise ValueError(f"priority must fit a smallint (-32768..32767), got {priority}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    delay = float(opts.delay or 0.0)
+    if delay < 0:
+        raise ValueError(f"delay must be >= 0 seconds, got {delay}")
+    if opts.eta is not None and opts.delay is not None:
+        raise ValueError("give delay or eta, not both")
+    if opts.eta is not None and opts.eta.tzinfo is None:
+        raise ValueError("eta must be timezone-aware (naive datetimes are ambiguous)")
+    payload = TaskPayload(
+        args=list(spec.args),
+        kwargs=spec.kwargs,
+        headers=spec.headers,
+        on_success=spec.on_success,
+        on_error=spec.on_error,
+        reply_key=spec.reply_key,
+    )
+    return _Row(
+        task_id=uuid.uuid4(),
+        queue=queue,
+        task_name=spec.task_name,
+        payload=dumps(payload.to_json()),
+        priority=priority,
+        delay=delay,
+        eta=opts.eta,
+        max_attempts=max_attempts,
+        tenant_key=opts.tenant_key or "",
+        resource_key=opts.resource_key,
+        dedup_key=opts.dedup_key,
+    )
+
+
+def _row_params(row: _Row) -> dict[str, Any]:
+    return {
+        "task_id": row.task_id,
+        "queue": row.queue,
+        "task_name": row.task_name,
+        "payload": row.payload,
+        "priority": row.priority,
+        "delay": row.delay,
+        "eta": row.eta,
+        "max_attempts": row.max_attempts,
+        "tenant_key": row.tenant_key,
+        "resource_key": row.resource_key,
+        "dedup_key": row.dedup_key,
+        "notify": queue_settings().notify and row.delay == 0 and row.eta is None,
+        "channel": NOTIFY_CHANNEL,
+    }
+
+
+def enqueue_job(spec: JobSpec, *, using: str = "default") -> TaskHandle:
+    """Insert one job in the caller's transaction; a live duplicate ``dedup_key`` wins."""
+    row = _validate(spec)
+    with connections[using].cursor() as cursor:
+        return _insert_row(cursor, row, using, notify=True)
+
+
+def enqueue(
+    task_name: str,
+    args: list[Any] | tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str | None = None,
+    priority: int | None = None,
+    delay: float | None = None,
+    eta: dt.datetime | None = None,
+    dedup_key: str | None = None,
+    max_attempts: int | None = None,
+    tenant_key: str = "",
+    resource_key: str | None = None,
+    headers: dict[str, Any] | None = None,
+    on_success: ContinuationSpec | None = None,
+    on_error: ContinuationSpec | None = None,
+    reply_key: str = "",
+    using: str = "default",
+) -> TaskHandle:
+    """Queue ``task_name(*args, **kwargs)`` by name; it need not be importable here."""
+    spec = JobSpec(
+        task_name=task_name,
+        args=list(args) if isinstance(args, list | tuple) else args,
+        kwargs={} if kwargs is None else kwargs,
+        options=EnqueueOptions(
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            eta=eta,
+            dedup_key=dedup_key,
+            max_attempts=max_attempts,
+            tenant_key=tenant_key,
+            resource_key=resource_key,
+        ),
+        headers=headers or {},
+        on_success=on_success,
+        on_error=on_error,
+        reply_key=reply_key,
+    )
+    return enqueue_job(spec, using=using)
+
+
+def job(
+    task_name: str,
+    args: list[Any] | tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    **options: Any,
+) -> JobSpec:
+    """A ``JobSpec`` for ``enqueue_many`` by task name; options as for ``enqueue``."""
+    return JobSpec(
+        task_name=task_name,
+        args=list(args),
+        kwargs={} if kwargs is None else kwargs,
+        options=EnqueueOptions(**options),
+    )
+
+
+def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[TaskHandle]:
+    """Insert many jobs in as few statements as possible, in the caller's transaction.
+
+    Immediate jobs go in by COPY; delayed ones by one multi-row INSERT per chunk; jobs with a
+    dedup key one by one (a live duplicate wins). Every spec is validated before anything is
+    written, so one bad argument rejects the whole call and nothing half-inserted is left.
+    """
+    rows = [_validate(spec) for spec in specs]
+    if not rows:
+        return []
+    plain = [r for r in rows if r.dedup_key is None and r.delay == 0 and r.eta is None]
+    delayed = [r for r in rows if r.dedup_key is None and (r.delay or r.eta is not None)]
+    handles: dict[uuid.UUID, TaskHandle] = {}
+    with connections[using].cursor() as cursor:
+        if plain:
+            _copy_rows(cursor, plain)
+        for start in range(0, len(delayed), BULK_CHUNK):
+            _insert_many(cursor, delayed[start : start + BULK_CHUNK])
+        for r in rows:
+            if r.dedup_key is not None:
+                handles[r.task_id] = _insert_row(cursor, r, using, notify=True)
+        if queue_settings().notify:
+            for queue in sorted({r.queue for r in plain}):
+                cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})
+    return [
+        handles.get(r.task_id) or TaskHandle(r.task_id, r.task_name, r.queue, using) for r in rows
+    ]
+
+
+def _insert_row(cursor: Any, row: _Row, using: str, *, notify: bool) -> TaskHandle:
+    """INSERT one validated row; with a dedup key, return the live duplicate's handle instead.
+
+    The duplicate can finish between our INSERT and our SELECT; then we simply try again.
+    """
+    params = _row_params(row)
+    params["notify"] = notify and params["notify"]
+    for _ in range(DEDUP_RETRIES):
+        cursor.execute(sql.MESSAGE_INSERT, params)
+        inserted = cursor.fetchone()
+        if inserted is not None:
+            return TaskHandle(inserted[0], row.task_name, row.queue, using)
+        cursor.execute(sql.MESSAGE_BY_DEDUP_KEY, {"dedup_key": row.dedup_key})
+        existing = cursor.fetchone()
+        if existing is not None:
+            logger.info(
+                "enqueue deduplicated task=%s dedup_key=%s task_id=%s",
+                row.task_name,
+                row.dedup_key,
+                existing[0],
+            )
+            return TaskHandle(existing[0], existing[1], existing[2], using)
+    raise RuntimeError(f"dedup_key {row.dedup_key!r} kept racing; gave up after {DEDUP_RETRIES}")
+
+
+def _copy_rows(cursor: Any, rows: list[_Row]) -> None:
+    """COPY immediate rows in; the database's defaults stamp enqueued_at/available_at."""
+    with cursor.copy(sql.MESSAGE_COPY) as copy:
+        for r in rows:
+            copy.write_row(
+                (
+                    r.task_id,
+                    r.queue,
+                    r.task_name,
+                    r.payload,
+                    r.priority,
+                    r.max_attempts,
+                    r.tenant_key,
+                    r.resource_key,
+                )
+            )
+
+
+def _insert_many(cursor: Any, rows: list[_Row]) -> None:
+    """One multi-row INSERT for delayed rows (``available_at`` computed by the database)."""
+    cursor.execute(
+        sql.MESSAGE_INSERT_MANY,
+        {
+            "task_ids": [r.task_id for r in rows],
+            "queues": [r.queue for r in rows],
+            "task_names": [r.task_name for r in rows],
+            "payloads": [r.payload for r in rows],
+            "priorities": [r.priority for r in rows],
+            "delays": [r.delay for r in rows],
+            "etas": [r.eta for r in rows],
+            "max_attempts": [r.max_attempts for r in rows],
+            "tenant_keys": [r.tenant_key for r in rows],
+            "resource_keys": [r.resource_key for r in rows],
+        },
+    )

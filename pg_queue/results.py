@@ -1,0 +1,137 @@
+"""Outcomes and handles: how a caller learns what became of a job.
+
+A job's status is derived: a message row means queued or running, a result row means finished,
+neither means unknown (never enqueued, rolled back, result expired, or ``store_result=False``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+from pg_queue.exceptions import WaitInTransactionError
+
+#: Statuses a handle may report. "timeout" and "unknown" never come from the database.
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+QUEUED, RUNNING, TIMEOUT, UNKNOWN = "queued", "running", "timeout", "unknown"
+FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+#: First and longest sleep between two polls while waiting for a result.
+WAIT_POLL_MIN = 0.005
+WAIT_POLL_MAX = 0.25
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskOutcome:
+    """What a wait returns. Never raised: failures and timeouts are values."""
+
+    task_id: uuid.UUID
+    status: str
+    result: Any = None
+    error: str = ""
+    traceback: str = ""
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCEEDED
+
+
+_STATUS_SQL = """
+SELECT 'result' AS src, status, result, error, traceback, attempts
+  FROM pg_task_result WHERE task_id = %(id)s
+UNION ALL
+SELECT 'message', state, NULL, last_error, '', attempts
+  FROM pg_queue_message WHERE task_id = %(id)s
+"""
+
+
+def _fetch(task_id: uuid.UUID, using: str) -> TaskOutcome | None:
+    """One round trip: the finished outcome, or a live queued/running state, or None."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(_STATUS_SQL, {"id": task_id})
+        rows = cursor.fetchall()
+    for src, status, result, error, tb, attempts in rows:
+        if src == "result":
+            return TaskOutcome(
+                task_id=task_id,
+                status=status,
+                result=result,
+                error=error,
+                traceback=tb,
+                attempts=attempts,
+            )
+    for _src, state, _result, error, _tb, attempts in rows:
+        return TaskOutcome(
+            task_id=task_id,
+            status=RUNNING if state == "claimed" else QUEUED,
+            error=error,
+            attempts=attempts,
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandle:
+    """What ``enqueue`` returns: the stable task id, and ways to ask about the job."""
+
+    task_id: uuid.UUID
+    task_name: str = ""
+    queue_name: str = ""
+    using: str = "default"
+
+    def status(self) -> str:
+        """queued | running | succeeded | failed | cancelled | unknown (one query)."""
+        found = _fetch(self.task_id, self.using)
+        return UNKNOWN if found is None else found.status
+
+    def outcome(self) -> TaskOutcome:
+        """The current state as an outcome, without waiting."""
+        found = _fetch(self.task_id, self.using)
+        if found is None:
+            return TaskOutcome(task_id=self.task_id, status=UNKNOWN, error=_UNKNOWN_TEXT)
+        return found
+
+    def wait(self, timeout: float) -> TaskOutcome:
+        """Block until the job finishes or ``timeout`` seconds pass; never raises for either.
+
+        Polls with backoff, clamped to the deadline, and hands the Django connection back
+        between polls. Refuses to run inside ``atomic()``: the job could not even be visible to
+        a worker before the caller's transaction commits.
+        """
+        if connections[self.using].in_atomic_block:
+            raise WaitInTransactionError(
+                f"waiting for task {self.task_id} inside transaction.atomic(): the job is not "
+                "visible to workers until this transaction commits, so the wait could only time "
+                "out. Wait after the block (e.g. transaction.on_commit) instead."
+            )
+        deadline = time.monotonic() + max(0.0, timeout)
+        sleep = WAIT_POLL_MIN
+        last: TaskOutcome | None = None
+        while True:
+            last = _fetch(self.task_id, self.using)
+            if last is not None and last.status in FINISHED_STATUSES:
+                return last
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            close_old_connections()
+            time.sleep(min(sleep, remaining))
+            sleep = min(sleep * 2, WAIT_POLL_MAX)
+        state = "never seen" if last is None else f"still {last.status}"
+        return TaskOutcome(
+            task_id=self.task_id,
+            status=TIMEOUT,
+            error=f"no result within {timeout}s (task {state})",
+            attempts=0 if last is None else last.attempts,
+        )
+
+
+_UNKNOWN_TEXT = (
+    "no message and no result: never enqueued, rolled back, result expired, or the task does "
+    "not store results"
+)

@@ -1,0 +1,274 @@
+"""Every statement the queue's hot path runs, named noun-first after what it does.
+
+This is the only module that spells queue SQL. Times come from ``now()`` (the database clock).
+Every write to a claimed row is gated on its ``lease_token`` so that a worker that lost its
+lease (crashed, paused, partitioned) can never finish, fail or renew a job someone else now owns.
+Parameters are named (``%(name)s``); arrays are passed as Python lists.
+"""
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+#: One row. ON CONFLICT covers only the partial unique dedup index; RETURNING nothing means a
+#: live duplicate exists. pg_notify is transactional: it is delivered only if the caller commits.
+MESSAGE_INSERT = """
+WITH ins AS (
+    INSERT INTO pg_queue_message (
+        task_id, queue_name, task_name, payload, priority, available_at, max_attempts,
+        tenant_key, resource_key, dedup_key
+    ) VALUES (
+        %(task_id)s, %(queue)s, %(task_name)s, %(payload)s::jsonb, %(priority)s,
+        COALESCE(%(eta)s::timestamptz, now() + make_interval(secs => %(delay)s)),
+        %(max_attempts)s, %(tenant_key)s, %(resource_key)s, %(dedup_key)s
+    )
+    ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+    RETURNING task_id
+)
+SELECT task_id, CASE WHEN %(notify)s THEN pg_notify(%(channel)s, %(queue)s) END FROM ins
+"""
+
+MESSAGE_BY_DEDUP_KEY = """
+SELECT task_id, task_name, queue_name FROM pg_queue_message WHERE dedup_key = %(dedup_key)s
+"""
+
+#: Bulk path for immediate jobs; the omitted columns take their database defaults (now(), ...).
+MESSAGE_COPY = """
+COPY pg_queue_message (
+    task_id, queue_name, task_name, payload, priority, max_attempts, tenant_key, resource_key
+) FROM STDIN
+"""
+
+#: Bulk path for delayed jobs: one statement per chunk.
+MESSAGE_INSERT_MANY = """
+INSERT INTO pg_queue_message (
+    task_id, queue_name, task_name, payload, priority, available_at, max_attempts,
+    tenant_key, resource_key
+)
+SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority,
+       COALESCE(t.eta, now() + make_interval(secs => t.delay)), t.max_attempts,
+       t.tenant_key, t.resource_key
+FROM unnest(
+    %(task_ids)s::uuid[], %(queues)s::text[], %(task_names)s::text[], %(payloads)s::text[],
+    %(priorities)s::smallint[], %(delays)s::float8[], %(etas)s::timestamptz[],
+    %(max_attempts)s::int[], %(tenant_keys)s::text[], %(resource_keys)s::text[]
+) AS t(task_id, queue_name, task_name, payload, priority, delay, eta, max_attempts,
+       tenant_key, resource_key)
+"""
+
+NOTIFY = "SELECT pg_notify(%(channel)s, %(queue)s)"
+
+# --- claim -----------------------------------------------------------------------------------
+
+#: Lock up to ``limit`` due rows of one queue in claim order, skipping rows other claimers hold,
+#: then mark them ours in the same statement. The CTE-join form claims exactly the rows the CTE
+#: locked (the ``WHERE id IN (SELECT ... LIMIT n)`` form may re-run the subquery and over-claim).
+MESSAGE_CLAIM = """
+WITH picked AS (
+    SELECT msg_id FROM pg_queue_message
+    WHERE state = 'ready' AND queue_name = %(queue)s AND available_at <= now()
+    ORDER BY priority DESC, available_at, msg_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pg_queue_message AS m
+SET state = 'claimed',
+    lease_token = gen_random_uuid(),
+    vt = now() + make_interval(secs => %(lease)s),
+    attempts = m.attempts + 1,
+    worker_id = %(worker_id)s
+FROM picked
+WHERE m.msg_id = picked.msg_id
+RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload, m.attempts,
+          m.max_attempts, m.lease_token, m.enqueued_at, now()
+"""
+
+#: Does a --burst worker still have anything to wait for (due now or within the lookahead)?
+MESSAGE_DUE_SOON = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_queue_message
+    WHERE state = 'ready' AND queue_name = ANY(%(queues)s)
+      AND available_at <= now() + make_interval(secs => %(lookahead)s)
+)
+"""
+
+# --- finish ----------------------------------------------------------------------------------
+
+#: Ack a batch of successes: delete the rows we still own and store outcomes for those whose
+#: task keeps results, all in one statement (so one transaction). First write wins on results.
+#: Returns the msg_ids actually acked; a missing id means the lease was lost (no-op for us).
+MESSAGE_ACK = """
+WITH done AS (
+    DELETE FROM pg_queue_message AS m
+    USING unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
+    WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
+    RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.attempts, m.enqueued_at
+), stored AS (
+    INSERT INTO pg_task_result (
+        task_id, status, result, error, traceback, task_name, queue_name, attempts,
+        enqueued_at, started_at, finished_at, expires_at
+    )
+    SELECT d.task_id, 'succeeded', r.result::jsonb, '', '', d.task_name, d.queue_name,
+           d.attempts, d.enqueued_at, r.started_at, now(),
+           now() + make_interval(secs => %(ttl)s)
+    FROM done AS d
+    JOIN unnest(%(r_msg_ids)s::bigint[], %(r_results)s::text[], %(r_started)s::timestamptz[])
+         AS r(msg_id, result, started_at) ON r.msg_id = d.msg_id
+    ON CONFLICT (task_id) DO NOTHING
+)
+SELECT msg_id FROM done
+"""
+
+#: Put failed-but-retryable jobs back, due after their backoff. Gated on the lease.
+MESSAGE_RETRY = """
+UPDATE pg_queue_message AS m
+SET state = 'ready',
+    available_at = now() + make_interval(secs => a.delay),
+    lease_token = NULL,
+    vt = NULL,
+    worker_id = '',
+    last_error = a.error
+FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[], %(delays)s::float8[], %(errors)s::text[])
+     AS a(msg_id, lease_token, delay, error)
+WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
+RETURNING m.msg_id
+"""
+
+#: Move jobs that will not run again to the dead-letter table and record a failed outcome, in
+#: one statement. Gated on the lease; returns the msg_ids actually moved.
+MESSAGE_BURY = """
+WITH gone AS (
+    DELETE FROM pg_queue_message AS m
+    USING unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
+    WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
+    RETURNING m.*
+), why AS (
+    SELECT * FROM unnest(
+        %(msg_ids)s::bigint[], %(reasons)s::text[], %(errors)s::text[], %(tracebacks)s::text[],
+        %(started)s::timestamptz[]
+    ) AS e(msg_id, reason, error, traceback, started_at)
+), letters AS (
+    INSERT INTO pg_queue_dead_letter (
+        task_id, queue_name, task_name, payload, reason, last_error, traceback, attempts,
+        max_attempts, priority, tenant_key, enqueued_at, failed_at
+    )
+    SELECT g.task_id, g.queue_name, g.task_name, g.payload, e.reason, e.error, e.traceback,
+           g.attempts, g.max_attempts, g.priority, g.tenant_key, g.enqueued_at, now()
+    FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
+), outcomes AS (
+    INSERT INTO pg_task_result (
+        task_id, status, result, error, traceback, task_name, queue_name, attempts,
+        enqueued_at, started_at, finished_at, expires_at
+    )
+    SELECT g.task_id, 'failed', NULL, e.error, e.traceback, g.task_name, g.queue_name,
+           g.attempts, g.enqueued_at, e.started_at, now(),
+           now() + make_interval(secs => %(ttl)s)
+    FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
+    ON CONFLICT (task_id) DO NOTHING
+)
+SELECT msg_id FROM gone
+"""
+
+# --- leases ----------------------------------------------------------------------------------
+
+#: Renew every in-flight lease of one worker in a single statement. An id missing from the
+#: result was taken from us (re-armed and maybe re-claimed): stop treating it as ours.
+LEASE_EXTEND = """
+UPDATE pg_queue_message AS m
+SET vt = now() + make_interval(secs => %(lease)s)
+FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
+WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
+RETURNING m.msg_id
+"""
+
+#: Hand back jobs we claimed but will not run (graceful shutdown): the attempt is not counted.
+MESSAGE_RELEASE = """
+UPDATE pg_queue_message AS m
+SET state = 'ready', lease_token = NULL, vt = NULL, worker_id = '',
+    attempts = GREATEST(m.attempts - 1, 0)
+FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
+WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
+RETURNING m.msg_id
+"""
+
+#: Any worker may run this: expired claims with attempts left go back to ready. The state and
+#: vt are re-checked on the locked row, so a job acked a moment ago is never resurrected.
+MESSAGE_REARM = """
+WITH expired AS (
+    SELECT msg_id FROM pg_queue_message
+    WHERE state = 'claimed' AND vt < now() AND attempts < max_attempts
+    ORDER BY vt
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pg_queue_message AS m
+SET state = 'ready', lease_token = NULL, vt = NULL, worker_id = '', available_at = now(),
+    last_error = 'lease expired: worker ' || m.worker_id || ' stopped renewing'
+FROM expired
+WHERE m.msg_id = expired.msg_id AND m.state = 'claimed' AND m.vt < now()
+RETURNING m.msg_id, m.task_id, m.queue_name
+"""
+
+#: Expired claims on their last attempt are dead-lettered (with a failed outcome) instead.
+MESSAGE_REARM_EXHAUSTED = """
+WITH expired AS (
+    SELECT msg_id FROM pg_queue_message
+    WHERE state = 'claimed' AND vt < now() AND attempts >= max_attempts
+    ORDER BY vt
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM pg_queue_message AS m
+    USING expired
+    WHERE m.msg_id = expired.msg_id AND m.state = 'claimed' AND m.vt < now()
+    RETURNING m.*
+), letters AS (
+    INSERT INTO pg_queue_dead_letter (
+        task_id, queue_name, task_name, payload, reason, last_error, traceback, attempts,
+        max_attempts, priority, tenant_key, enqueued_at, failed_at
+    )
+    SELECT g.task_id, g.queue_name, g.task_name, g.payload, 'lease_expired',
+           'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing',
+           '', g.attempts, g.max_attempts, g.priority, g.tenant_key, g.enqueued_at, now()
+    FROM gone AS g
+), outcomes AS (
+    INSERT INTO pg_task_result (
+        task_id, status, result, error, traceback, task_name, queue_name, attempts,
+        enqueued_at, started_at, finished_at, expires_at
+    )
+    SELECT g.task_id, 'failed', NULL,
+           'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing',
+           '', g.task_name, g.queue_name, g.attempts, g.enqueued_at, NULL, now(),
+           now() + make_interval(secs => %(ttl)s)
+    FROM gone AS g
+    ON CONFLICT (task_id) DO NOTHING
+)
+SELECT msg_id, task_id, queue_name FROM gone
+"""
+
+# --- workers ---------------------------------------------------------------------------------
+
+WORKER_REGISTER = """
+INSERT INTO pg_worker (worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at,
+                       state)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(queues)s::jsonb, %(concurrency)s, now(), now(),
+        'running')
+ON CONFLICT (worker_id) DO UPDATE
+SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
+    concurrency = EXCLUDED.concurrency, started_at = now(), heartbeat_at = now(),
+    state = 'running'
+"""
+
+WORKER_HEARTBEAT = """
+UPDATE pg_worker SET heartbeat_at = now(), state = %(state)s WHERE worker_id = %(worker_id)s
+"""
+
+WORKER_UNREGISTER = "DELETE FROM pg_worker WHERE worker_id = %(worker_id)s"
+
+# --- results ---------------------------------------------------------------------------------
+
+#: Retention sweep; bounded so that no single sweep holds locks for long.
+RESULT_SWEEP = """
+DELETE FROM pg_task_result
+WHERE task_id IN (
+    SELECT task_id FROM pg_task_result WHERE expires_at < now() LIMIT %(limit)s
+)
+"""

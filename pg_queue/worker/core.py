@@ -1,0 +1,588 @@
+"""The worker process: one coordinator, N task threads, a heartbeat and a NOTIFY listener.
+
+The coordinator (the thread that calls ``Worker.run``) owns one connection and is the only
+thread that claims and finishes jobs: it claims batches sized to free capacity and writes each
+batch of finishes (acks, retries, dead letters) in as few statements as possible, so the per-job
+database cost is a fraction of a round trip. Task threads never touch the queue tables.
+
+The heartbeat thread owns a second connection: it renews every in-flight lease in one UPDATE
+every lease/3, re-arms expired claims of any worker, keeps the ``pg_worker`` row fresh and
+sweeps expired results. The listener thread (optional) turns NOTIFYs into prompt wake-ups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from pg_queue import claim, sql
+from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.exceptions import PayloadError, TaskNotFound
+from pg_queue.models import DeadLetterReason
+from pg_queue.payload import TaskPayload
+from pg_queue.registry import resolve
+from pg_queue.worker.execution import Job, Outcome, run_job
+
+logger = logging.getLogger("pg_queue.worker")
+
+#: Rows one re-arm sweep may touch, so a sweep after a mass crash stays a short statement.
+REARM_BATCH = 1000
+#: Rows one result-retention sweep may delete.
+SWEEP_BATCH = 5000
+#: Seconds between result-retention sweeps.
+SWEEP_INTERVAL = 60.0
+#: Reconnect backoff after a lost database connection: first and longest sleep.
+RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
+#: How long task threads block on an empty work queue before re-checking for shutdown.
+THREAD_POLL = 0.5
+#: Default seconds in-flight jobs get to finish after a graceful stop request.
+DEFAULT_SHUTDOWN_GRACE = 30.0
+
+_DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def parse_queues(spec: str | list[str] | None, default: str) -> dict[str, int]:
+    """``"default=3,email=1"`` or ``"a,b"`` -> {queue: weight}; weights must be >= 1."""
+    if not spec:
+        return {default: 1}
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"queue spec {spec!r} has an empty queue name")
+        try:
+            w = int(weight) if weight else 1
+        except ValueError:
+            raise ValueError(f"queue {name!r}: weight {weight!r} is not an integer") from None
+        if w < 1:
+            raise ValueError(f"queue {name!r}: weight must be >= 1, got {w}")
+        out[name] = w
+    if not out:
+        raise ValueError(f"queue spec {spec!r} names no queue")
+    return out
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker's life (also the exit log line)."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    lease_lost: int = 0
+    rearmed: int = 0
+    released: int = 0
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    """Finishes waiting to be written; survives a lost connection and is retried."""
+
+    successes: list[Success] = field(default_factory=list)
+    retries: list[RetryLater] = field(default_factory=list)
+    burials: list[Bury] = field(default_factory=list)
+
+    def add(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Success):
+            self.successes.append(outcome)
+        elif isinstance(outcome, RetryLater):
+            self.retries.append(outcome)
+        else:
+            self.burials.append(outcome)
+
+    def __bool__(self) -> bool:
+        return bool(self.successes or self.retries or self.burials)
+
+
+class Worker:
+    """Drains the given queues until stopped, or (``burst``) until nothing is left to do."""
+
+    def __init__(
+        self,
+        *,
+        queues: dict[str, int] | None = None,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        burst: bool = False,
+        max_tasks: int | None = None,
+        worker_id: str | None = None,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        database: str = "default",
+        on_progress: Callable[[WorkerStats], None] | None = None,
+    ) -> None:
+        conf = queue_settings()
+        self.conf = conf
+        self.queues = queues or {conf.default_queue: 1}
+        self.concurrency = concurrency or conf.concurrency
+        self.batch_size = batch_size or conf.batch_size
+        if self.concurrency < 1 or self.batch_size < 1:
+            raise ValueError("concurrency and batch size must be >= 1")
+        if max_tasks is not None and max_tasks < 1:
+            raise ValueError("max_tasks must be >= 1")
+        self.burst = burst
+        self.max_tasks = max_tasks
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        self.shutdown_grace = shutdown_grace
+        self.database = database
+        self.on_progress = on_progress
+        self.stats = WorkerStats()
+        self.capacity = self.concurrency + self.batch_size
+        self._claim_threshold = max(1, min(self.batch_size, self.concurrency))
+        self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._done: deque[Outcome] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._halt = threading.Event()  # set when the coordinator has finished
+        self._inflight: dict[int, ClaimedMessage] = {}
+        self._inflight_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._conn: psycopg.Connection[Any] | None = None
+        self.last_claim_loop = time.monotonic()
+        self.last_heartbeat = time.monotonic()
+
+    # --- public -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Graceful stop: no more claims; in-flight jobs get ``shutdown_grace`` seconds."""
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> WorkerStats:
+        """Run until stopped (or burst done / max_tasks reached); returns the counters."""
+        self._conn = self._connect()
+        self._register()
+        self._start_threads()
+        logger.info(
+            "worker started worker_id=%s queues=%s concurrency=%d batch=%d burst=%s",
+            self.worker_id,
+            ",".join(f"{q}={w}" for q, w in self.queues.items()),
+            self.concurrency,
+            self.batch_size,
+            self.burst,
+        )
+        try:
+            self._coordinate()
+        finally:
+            self._shutdown()
+        logger.info(
+            "worker stopped worker_id=%s %s",
+            self.worker_id,
+            " ".join(f"{k}={v}" for k, v in self.stats.as_dict().items()),
+        )
+        return self.stats
+
+    # --- coordinator --------------------------------------------------------------------------
+
+    def _coordinate(self) -> None:
+        pending = _Pending()
+        idle = self.conf.poll_interval_min
+        reconnect_sleep = RECONNECT_MIN
+        stop_deadline: float | None = None
+        while True:
+            self._wake.clear()
+            self.last_claim_loop = time.monotonic()
+            worked = False
+            while self._done:
+                pending.add(self._done.popleft())
+            try:
+                if pending:
+                    self._finish(pending)
+                    pending = _Pending()
+                    worked = True
+                if self._stop.is_set():
+                    if stop_deadline is None:
+                        stop_deadline = time.monotonic() + self.shutdown_grace
+                        self._release_unstarted()
+                    if not self._inflight or time.monotonic() >= stop_deadline:
+                        return
+                elif self._claim_allowed():
+                    got = self._claim()
+                    if got:
+                        worked = True
+                    elif self._finished_claiming():
+                        return
+                reconnect_sleep = RECONNECT_MIN
+            except _DB_ERRORS as exc:
+                self.stats.reconnects += 1
+                logger.warning(
+                    "database connection lost worker_id=%s error=%s; reconnecting in %.1fs",
+                    self.worker_id,
+                    exc,
+                    reconnect_sleep,
+                )
+                self._stop.wait(reconnect_sleep)
+                reconnect_sleep = min(reconnect_sleep * 2, RECONNECT_MAX)
+                self._reconnect()
+                continue
+            if self.on_progress is not None:
+                self.on_progress(self.stats)
+            if worked:
+                idle = self.conf.poll_interval_min
+                continue
+            self._wake.wait(idle)
+            idle = min(idle * 2, self.conf.poll_interval_max)
+
+    def _claim_allowed(self) -> bool:
+        free = self.capacity - len(self._inflight)
+        if self.max_tasks is not None and self.stats.claimed >= self.max_tasks:
+            return False
+        return free >= self._claim_threshold or (free > 0 and not self._inflight)
+
+    def _finished_claiming(self) -> bool:
+        """True when a burst or max_tasks worker has nothing more to do."""
+        if self._inflight or self._done:
+            return False
+        if self.max_tasks is not None and self.stats.claimed >= self.max_tasks:
+            return True
+        if not self.burst:
+            return False
+        assert self._conn is not None
+        return not claim.message_due_soon(
+            self._conn, queues=list(self.queues), lookahead=self.conf.burst_lookahead
+        )
+
+    def _queue_order(self) -> list[str]:
+        """Queues in a weighted random order (weight 3 comes first three times as often)."""
+        if len(self.queues) == 1:
+            return list(self.queues)
+        keyed = [(random.random() ** (1.0 / w), q) for q, w in self.queues.items()]
+        return [q for _, q in sorted(keyed, reverse=True)]
+
+    def _claim(self) -> int:
+        assert self._conn is not None
+        limit = min(self.batch_size, self.capacity - len(self._inflight))
+        if self.max_tasks is not None:
+            limit = min(limit, self.max_tasks - self.stats.claimed)
+        total = 0
+        for queue_name in self._queue_order():
+            if limit - total <= 0:
+                break
+            messages = claim.message_claim(
+                self._conn,
+                queue=queue_name,
+                limit=limit - total,
+                lease=self.conf.lease_seconds,
+                worker_id=self.worker_id,
+            )
+            if messages:
+                self._accept(messages)
+                total += len(messages)
+        return total
+
+    def _accept(self, messages: list[ClaimedMessage]) -> None:
+        """Decode and hand claimed messages to the task threads (or bury the hopeless)."""
+        now = time.monotonic()
+        self.stats.claimed += len(messages)
+        with self._inflight_lock:
+            for msg in messages:
+                self._inflight[msg.msg_id] = msg
+        for msg in messages:
+            try:
+                payload = TaskPayload.from_json(msg.payload)
+                task = resolve(msg.task_name)
+            except PayloadError as exc:
+                self._reject(msg, DeadLetterReason.UNDECODABLE, str(exc))
+                continue
+            except TaskNotFound as exc:
+                self._reject(msg, DeadLetterReason.UNKNOWN_TASK, str(exc))
+                continue
+            if msg.attempts > msg.max_attempts:
+                self._reject(
+                    msg,
+                    DeadLetterReason.EXHAUSTED,
+                    f"attempts {msg.attempts} exceed max_attempts {msg.max_attempts}",
+                )
+                continue
+            self._work.put(Job(msg, payload, task, now))
+
+    def _reject(self, msg: ClaimedMessage, reason: str, error: str) -> None:
+        logger.error(
+            "job dead-lettered before running task_id=%s task=%s queue=%s reason=%s error=%s",
+            msg.task_id,
+            msg.task_name,
+            msg.queue_name,
+            reason,
+            error,
+        )
+        self._done.append(Bury(msg, reason, error, "", None))
+
+    def _finish(self, pending: _Pending) -> None:
+        """Write a batch of finishes: one statement per kind present, acks first."""
+        assert self._conn is not None
+        ttl = float(self.conf.result_ttl_seconds)
+        outcomes: list[Outcome] = [*pending.successes, *pending.retries, *pending.burials]
+        finished = [o.msg.msg_id for o in outcomes]
+        if pending.successes:
+            acked = claim.message_ack(self._conn, pending.successes, ttl=ttl)
+            self.stats.succeeded += len(acked)
+            self._count_lost(pending.successes, acked, "ack")
+        if pending.retries:
+            retried = claim.message_retry(self._conn, pending.retries)
+            self.stats.retried += len(retried)
+            self._count_lost(pending.retries, retried, "retry")
+            for r in pending.retries:
+                if r.msg.msg_id in retried:
+                    logger.warning(
+                        "job failed, retrying task_id=%s task=%s queue=%s attempt=%d/%d "
+                        "delay=%.2fs error=%s",
+                        r.msg.task_id,
+                        r.msg.task_name,
+                        r.msg.queue_name,
+                        r.msg.attempts,
+                        r.msg.max_attempts,
+                        r.delay,
+                        r.error,
+                    )
+        if pending.burials:
+            buried = claim.message_bury(self._conn, pending.burials, ttl=ttl)
+            self.stats.dead_lettered += len(buried)
+            self._count_lost(pending.burials, buried, "dead-letter")
+            for b in pending.burials:
+                if b.msg.msg_id in buried:
+                    logger.error(
+                        "job dead-lettered task_id=%s task=%s queue=%s attempts=%d reason=%s "
+                        "error=%s",
+                        b.msg.task_id,
+                        b.msg.task_name,
+                        b.msg.queue_name,
+                        b.msg.attempts,
+                        b.reason,
+                        b.error,
+                    )
+        with self._inflight_lock:
+            for msg_id in finished:
+                self._inflight.pop(msg_id, None)
+
+    def _count_lost(self, items: list[Any], written: set[int], what: str) -> None:
+        for item in items:
+            if item.msg.msg_id not in written:
+                self.stats.lease_lost += 1
+                logger.warning(
+                    "%s skipped: lease lost task_id=%s task=%s queue=%s",
+                    what,
+                    item.msg.task_id,
+                    item.msg.task_name,
+                    item.msg.queue_name,
+                )
+
+    def _release_unstarted(self) -> None:
+        """On stop, hand prefetched jobs that no thread has started back to the queue."""
+        unstarted: dict[int, uuid.UUID] = {}
+        while True:
+            try:
+                job = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                unstarted[job.msg.msg_id] = job.msg.lease_token
+        if unstarted and self._conn is not None:
+            released = claim.message_release(self._conn, unstarted)
+            self.stats.released += len(released)
+        with self._inflight_lock:
+            for msg_id in unstarted:
+                self._inflight.pop(msg_id, None)
+
+    # --- threads ------------------------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        for i in range(self.concurrency):
+            self._spawn(self._task_loop, f"pg-queue-task-{i}")
+        self._spawn(self._heartbeat_loop, "pg-queue-heartbeat")
+        if self.conf.notify:
+            self._spawn(self._listen_loop, "pg-queue-listen")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        # Daemon so that a task stuck past the shutdown grace cannot keep the process alive;
+        # every thread is still joined (with a timeout) in _shutdown.
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _task_loop(self) -> None:
+        while not self._halt.is_set():
+            try:
+                job = self._work.get(timeout=THREAD_POLL)
+            except queue.Empty:
+                continue
+            if job is None:
+                return
+            started = job.msg.claimed_at + dt.timedelta(seconds=time.monotonic() - job.claimed_mono)
+            self._done.append(run_job(job, self.worker_id, started))
+            self._wake.set()
+
+    def _heartbeat_loop(self) -> None:
+        beat = max(0.05, self.conf.lease_seconds / 3)
+        next_rearm = time.monotonic()
+        next_sweep = time.monotonic() + SWEEP_INTERVAL * random.random()
+        conn: psycopg.Connection[Any] | None = None
+        while not self._halt.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                self._renew_leases(conn)
+                conn.execute(
+                    sql.WORKER_HEARTBEAT,
+                    {
+                        "worker_id": self.worker_id,
+                        "state": "stopping" if self._stop.is_set() else "running",
+                    },
+                )
+                now = time.monotonic()
+                if now >= next_rearm:
+                    rearmed, buried = claim.message_rearm(
+                        conn, limit=REARM_BATCH, ttl=float(self.conf.result_ttl_seconds)
+                    )
+                    if rearmed or buried:
+                        self.stats.rearmed += rearmed
+                        logger.warning(
+                            "re-armed expired leases worker_id=%s rearmed=%d dead_lettered=%d",
+                            self.worker_id,
+                            rearmed,
+                            buried,
+                        )
+                    next_rearm = now + self.conf.rearm_interval
+                if now >= next_sweep:
+                    claim.result_sweep(conn, limit=SWEEP_BATCH)
+                    next_sweep = now + SWEEP_INTERVAL
+                self.last_heartbeat = time.monotonic()
+            except _DB_ERRORS as exc:
+                logger.warning("heartbeat failed worker_id=%s error=%s", self.worker_id, exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._halt.wait(min(beat, self.conf.rearm_interval))
+        if conn is not None:
+            conn.close()
+
+    def _renew_leases(self, conn: psycopg.Connection[Any]) -> None:
+        with self._inflight_lock:
+            held = {m.msg_id: m.lease_token for m in self._inflight.values()}
+            if not held:
+                return
+            kept = claim.lease_extend(conn, held, lease=self.conf.lease_seconds)
+            lost = [self._inflight[i] for i in held if i not in kept and i in self._inflight]
+        for msg in lost:
+            self.stats.lease_lost += 1
+            logger.warning(
+                "lease lost task_id=%s task=%s queue=%s worker_id=%s",
+                msg.task_id,
+                msg.task_name,
+                msg.queue_name,
+                self.worker_id,
+            )
+
+    def _listen_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self._halt.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                for note in conn.notifies(timeout=THREAD_POLL):
+                    if note.payload in self.queues:
+                        self._wake.set()
+            except _DB_ERRORS as exc:
+                logger.info("listener reconnecting worker_id=%s error=%s", self.worker_id, exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._halt.wait(RECONNECT_MIN)
+        if conn is not None:
+            conn.close()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return claim.worker_connection(self.database)
+
+    def _reconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        try:
+            self._conn = self._connect()
+        except _DB_ERRORS as exc:
+            logger.warning("reconnect failed worker_id=%s error=%s", self.worker_id, exc)
+
+    def _register(self) -> None:
+        assert self._conn is not None
+        self._conn.execute(
+            sql.WORKER_REGISTER,
+            {
+                "worker_id": self.worker_id,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": json.dumps(list(self.queues)),
+                "concurrency": self.concurrency,
+            },
+        )
+
+    def _shutdown(self) -> None:
+        """Stop threads, hand back what is still ours, and remove the worker row."""
+        self._stop.set()
+        for _ in range(self.concurrency):
+            self._work.put(None)
+        deadline = time.monotonic() + 2.0
+        for t in self._threads:
+            if t.name.startswith("pg-queue-task"):
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        leftovers: list[Outcome] = []
+        while self._done:
+            leftovers.append(self._done.popleft())
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            if leftovers:
+                pending = _Pending()
+                for outcome in leftovers:
+                    pending.add(outcome)
+                self._finish(pending)
+            with self._inflight_lock:
+                abandoned = {m.msg_id: m.lease_token for m in self._inflight.values()}
+            if abandoned:
+                released = claim.message_release(self._conn, abandoned)
+                self.stats.released += len(released)
+                logger.warning(
+                    "released unfinished jobs at shutdown worker_id=%s count=%d",
+                    self.worker_id,
+                    len(released),
+                )
+            self._conn.execute(sql.WORKER_UNREGISTER, {"worker_id": self.worker_id})
+        except _DB_ERRORS as exc:
+            logger.error(
+                "shutdown could not reach the database worker_id=%s error=%s; leases will "
+                "expire and any worker re-arms them",
+                self.worker_id,
+                exc,
+            )
+        finally:
+            self._halt.set()
+            for t in self._threads:
+                t.join(timeout=THREAD_POLL * 2 + 1.0)
+            if self._conn is not None:
+                self._conn.close()

@@ -1,0 +1,110 @@
+"""Running one claimed job and turning what happened into a finish instruction.
+
+Runs in a worker thread, outside any transaction. Never raises: every way a task can end
+(return, ``Retry``, exception, a result that is not JSON) becomes a ``Success``, ``RetryLater``
+or ``Bury`` for the coordinator to write in its next batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import close_old_connections
+
+from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.conf import queue_settings
+from pg_queue.context import JobContext
+from pg_queue.exceptions import Retry
+from pg_queue.models import DeadLetterReason
+from pg_queue.payload import TaskPayload, coerce_json, dumps
+from pg_queue.registry import Task
+
+Outcome = Success | RetryLater | Bury
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed message with its decoded payload and resolved task."""
+
+    msg: ClaimedMessage
+    payload: TaskPayload
+    task: Task | Any  # a native Task or a Celery task
+    claimed_mono: float  # time.monotonic() when the claim returned
+
+
+def backoff_delay(task: Task | Any, attempt: int) -> float:
+    """Seconds before the next attempt: exponential with equal jitter, capped.
+
+    A native task may give a base (float) or a callable(attempt) -> seconds.
+    """
+    conf = queue_settings()
+    spec = getattr(task, "retry_backoff", None) if isinstance(task, Task) else None
+    if callable(spec):
+        return max(0.0, float(spec(attempt)))
+    base = conf.retry_backoff if spec is None else float(spec)
+    ceiling = min(conf.retry_backoff_max, base * (2 ** max(0, attempt - 1)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _call(job: Job, worker_id: str) -> Any:
+    msg, task, payload = job.msg, job.task, job.payload
+    if isinstance(task, Task):
+        if task.takes_context:
+            context = JobContext(
+                task_id=msg.task_id,
+                task_name=msg.task_name,
+                queue_name=msg.queue_name,
+                attempt=msg.attempts,
+                max_attempts=msg.max_attempts,
+                worker_id=worker_id,
+            )
+            return task.func(context, *payload.args, **payload.kwargs)
+        return task.func(*payload.args, **payload.kwargs)
+    # A Celery task: its own code, in-process, under the stable task id.
+    eager = task.apply(
+        args=payload.args,
+        kwargs=payload.kwargs,
+        task_id=str(msg.task_id),
+        retries=msg.attempts - 1,
+        throw=True,
+    )
+    return eager.result
+
+
+def _stores_result(task: Task | Any) -> bool:
+    if isinstance(task, Task):
+        return task.store_result
+    return not getattr(task, "ignore_result", False)
+
+
+def run_job(job: Job, worker_id: str, started_at: dt.datetime) -> Outcome:
+    """Execute ``job`` and describe how it ended. Never raises."""
+    msg = job.msg
+    try:
+        try:
+            value = _call(job, worker_id)
+            result_json = dumps(coerce_json(value, "result")) if _stores_result(job.task) else None
+            return Success(msg, result_json, started_at)
+        except Retry as retry:
+            error = f"retry requested: {retry.reason}" if retry.reason else "retry requested"
+            delay = retry.delay
+            tb = ""
+        except Exception as exc:
+            error = _error_text(exc)
+            delay = None
+            tb = traceback.format_exc()
+        if msg.attempts < msg.max_attempts:
+            wait = backoff_delay(job.task, msg.attempts) if delay is None else max(0.0, delay)
+            return RetryLater(msg, wait, error)
+        return Bury(msg, DeadLetterReason.EXHAUSTED, error, tb, started_at)
+    finally:
+        close_old_connections()

@@ -1,0 +1,44 @@
+# Sourced by scripts/demo and scripts/test: make .venv (Python 3.12+) and install the project.
+# Running it again is fast: it reinstalls only when pyproject.toml changed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+usable() {  # a pyenv shim may exist for a version that is not installed: run it to be sure
+    "$1" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1
+}
+
+find_python() {
+    for candidate in python3.12 python3.13 python3.14 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && usable "$candidate"; then
+            command -v "$candidate"; return 0
+        fi
+    done
+    if command -v pyenv >/dev/null 2>&1; then
+        for v in 3.12.1 3.12 3.13.0 3.13; do
+            p="$(PYENV_VERSION=$v pyenv which python3 2>/dev/null || true)"
+            if [ -n "$p" ] && usable "$p"; then echo "$p"; return 0; fi
+        done
+    fi
+    return 1
+}
+
+if [ ! -x .venv/bin/python ]; then
+    PY="$(find_python)" || { echo "error: Python 3.12+ not found (PATH or pyenv)" >&2; exit 1; }
+    echo "creating .venv with $PY" >&2
+    "$PY" -m venv .venv
+fi
+STAMP=".venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+    echo "installing dependencies into .venv (once per pyproject.toml change)" >&2
+    LOG=".venv/install.log"
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[dev]"; } >"$LOG" 2>&1; then
+        tail -n 40 "$LOG" >&2
+        echo "error: dependency install failed (full log: $LOG)" >&2
+        exit 1
+    fi
+    rm -f .venv/.stamp-*
+    touch "$STAMP"
+fi
+export PATH="$ROOT/.venv/bin:$PATH"
+export PYTHONUNBUFFERED=1

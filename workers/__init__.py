@@ -1,0 +1,1 @@
+"""Task modules run by workers: the same functions Celery and the Postgres worker both run."""
