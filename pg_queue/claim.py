@@ -32,6 +32,7 @@ class ClaimedMessage:
     max_attempts: int
     lease_token: uuid.UUID
     enqueued_at: dt.datetime
+    available_at: dt.datetime  # when it became due (enqueue time unless delayed or retried)
     claimed_at: dt.datetime  # database clock at claim
 
 

@@ -78,7 +78,7 @@ SET state = 'claimed',
 FROM picked
 WHERE m.msg_id = picked.msg_id
 RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload, m.attempts,
-          m.max_attempts, m.lease_token, m.enqueued_at, now()
+          m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now()
 """
 
 #: Does a --burst worker still have anything to wait for (due now or within the lookahead)?
@@ -271,4 +271,30 @@ DELETE FROM pg_task_result
 WHERE task_id IN (
     SELECT task_id FROM pg_task_result WHERE expires_at < now() LIMIT %(limit)s
 )
+"""
+
+# --- dead letters ----------------------------------------------------------------------------
+
+#: Put dead letters back as fresh messages (attempts 0) under their original task ids, and drop
+#: their failed outcomes so the next outcome can be written (results are first-write-wins).
+#: One statement: the letter, the outcome and the new message change together or not at all.
+DEAD_LETTER_REQUEUE = """
+WITH letters AS (
+    DELETE FROM pg_queue_dead_letter AS d
+    WHERE d.id = ANY(%(ids)s)
+      AND NOT EXISTS (SELECT 1 FROM pg_queue_message AS m WHERE m.task_id = d.task_id)
+    RETURNING *
+), old_outcomes AS (
+    DELETE FROM pg_task_result AS r USING letters AS l WHERE r.task_id = l.task_id
+), requeued AS (
+    INSERT INTO pg_queue_message (
+        task_id, queue_name, task_name, payload, priority, max_attempts, tenant_key,
+        last_error
+    )
+    SELECT l.task_id, l.queue_name, l.task_name, COALESCE(l.payload, '{}'::jsonb), l.priority,
+           GREATEST(l.max_attempts, 1), l.tenant_key, 'requeued from dead letter: ' || l.last_error
+    FROM letters AS l
+    RETURNING task_id
+)
+SELECT task_id FROM requeued
 """

@@ -48,3 +48,10 @@ def always_fails(reason: str) -> None:
 def celery_multiply(a: int, b: int) -> int:
     """A plain Celery task; the Postgres worker runs it unchanged."""
     return a * b
+
+
+@task(queue="default", max_attempts=1, time_limit=0.5)
+def overrun(seconds: float) -> float:
+    """Sleeps past its 0.5 s time limit when asked to (time-limit tests)."""
+    time.sleep(seconds)
+    return seconds

@@ -29,14 +29,14 @@ from typing import Any
 
 import psycopg
 
-from pg_queue import claim, sql
+from pg_queue import claim, metrics, sql
 from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
 from pg_queue.exceptions import PayloadError, TaskNotFound
 from pg_queue.models import DeadLetterReason
 from pg_queue.payload import TaskPayload
 from pg_queue.registry import resolve
-from pg_queue.worker.execution import Job, Outcome, run_job
+from pg_queue.worker.execution import Job, Outcome, failure_outcome, run_job, time_limit_of
 
 logger = logging.getLogger("pg_queue.worker")
 
@@ -52,6 +52,11 @@ RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 THREAD_POLL = 0.5
 #: Default seconds in-flight jobs get to finish after a graceful stop request.
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: How often the coordinator looks for jobs past their time limit.
+TIME_LIMIT_CHECK = 0.1
+#: Exit code of a child process that stopped itself to kill a task stuck past its time limit;
+#: the supervisor restarts it at once and does not count it as a crash.
+EXIT_TIME_LIMIT = 75
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -93,6 +98,7 @@ class WorkerStats:
     rearmed: int = 0
     released: int = 0
     reconnects: int = 0
+    time_limited: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -131,6 +137,9 @@ class Worker:
         max_tasks: int | None = None,
         worker_id: str | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        time_limit: float | None = None,
+        exit_on_time_limit: bool = False,
+        health_file: str | None = None,
         database: str = "default",
         on_progress: Callable[[WorkerStats], None] | None = None,
     ) -> None:
@@ -149,6 +158,12 @@ class Worker:
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
         self.shutdown_grace = shutdown_grace
+        self.time_limit = conf.time_limit if time_limit is None else time_limit
+        # Process mode: a stuck thread cannot be killed, but its process can. The child stops
+        # itself (after writing the timeout outcome) and the supervisor starts a fresh one.
+        self.exit_on_time_limit = exit_on_time_limit
+        self.time_limit_exit = False
+        self.health_file = health_file
         self.database = database
         self.on_progress = on_progress
         self.stats = WorkerStats()
@@ -161,6 +176,10 @@ class Worker:
         self._halt = threading.Event()  # set when the coordinator has finished
         self._inflight: dict[int, ClaimedMessage] = {}
         self._inflight_lock = threading.Lock()
+        # msg_id -> (job, start monotonic, limit) of jobs a task thread is running right now.
+        self._running: dict[int, tuple[Job, float, float]] = {}
+        self._running_lock = threading.Lock()
+        self._next_limit_check = 0.0
         self._threads: list[threading.Thread] = []
         self._conn: psycopg.Connection[Any] | None = None
         self.last_claim_loop = time.monotonic()
@@ -197,6 +216,46 @@ class Worker:
         )
         return self.stats
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the claim loop and the heartbeat are both recent."""
+        now = time.monotonic()
+        loop_age = now - self.last_claim_loop
+        beat_age = now - self.last_heartbeat
+        healthy = loop_age <= self.claim_loop_stale and beat_age <= self.heartbeat_stale
+        return healthy, {
+            "worker_id": self.worker_id,
+            "claim_loop_age": round(loop_age, 3),
+            "heartbeat_age": round(beat_age, 3),
+            "in_flight": len(self._inflight),
+            "stopping": self._stop.is_set(),
+        }
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(0.05, min(self.conf.lease_seconds / 3, self.conf.rearm_interval))
+
+    @property
+    def heartbeat_stale(self) -> float:
+        """Two missed beats (plus slack) and the heartbeat counts as dead."""
+        return 2 * self.heartbeat_interval + 1.0
+
+    @property
+    def claim_loop_stale(self) -> float:
+        return max(10.0, 4 * self.conf.poll_interval_max, self.conf.lease_seconds)
+
+    def _write_health_file(self) -> None:
+        """For a supervisor: wall-clock ages it can compare against (process mode only)."""
+        if not self.health_file:
+            return
+        healthy, details = self.health()
+        tmp = f"{self.health_file}.tmp"
+        try:
+            with open(tmp, "w") as fh:
+                json.dump({"healthy": healthy, "written_at": time.time(), **details}, fh)
+            os.replace(tmp, self.health_file)
+        except OSError as exc:
+            logger.warning("health file not written path=%s error=%s", self.health_file, exc)
+
     # --- coordinator --------------------------------------------------------------------------
 
     def _coordinate(self) -> None:
@@ -208,6 +267,8 @@ class Worker:
             self._wake.clear()
             self.last_claim_loop = time.monotonic()
             worked = False
+            if self._running and self.last_claim_loop >= self._next_limit_check:
+                self._enforce_time_limits()
             while self._done:
                 pending.add(self._done.popleft())
             try:
@@ -230,6 +291,7 @@ class Worker:
                 reconnect_sleep = RECONNECT_MIN
             except _DB_ERRORS as exc:
                 self.stats.reconnects += 1
+                metrics.RECONNECTS.inc()
                 logger.warning(
                     "database connection lost worker_id=%s error=%s; reconnecting in %.1fs",
                     self.worker_id,
@@ -299,6 +361,7 @@ class Worker:
         """Decode and hand claimed messages to the task threads (or bury the hopeless)."""
         now = time.monotonic()
         self.stats.claimed += len(messages)
+        metrics.CLAIMED.labels(messages[0].queue_name).inc(len(messages))
         with self._inflight_lock:
             for msg in messages:
                 self._inflight[msg.msg_id] = msg
@@ -319,7 +382,7 @@ class Worker:
                     f"attempts {msg.attempts} exceed max_attempts {msg.max_attempts}",
                 )
                 continue
-            self._work.put(Job(msg, payload, task, now))
+            self._work.put(Job(msg, payload, task, now, time_limit_of(task, self.time_limit)))
 
     def _reject(self, msg: ClaimedMessage, reason: str, error: str) -> None:
         logger.error(
@@ -341,10 +404,13 @@ class Worker:
         if pending.successes:
             acked = claim.message_ack(self._conn, pending.successes, ttl=ttl)
             self.stats.succeeded += len(acked)
+            _count_by_queue(metrics.SUCCEEDED, pending.successes, acked)
             self._count_lost(pending.successes, acked, "ack")
         if pending.retries:
             retried = claim.message_retry(self._conn, pending.retries)
             self.stats.retried += len(retried)
+            _count_by_queue(metrics.RETRIED, pending.retries, retried)
+            _count_by_queue(metrics.FAILED, pending.retries, retried)
             self._count_lost(pending.retries, retried, "retry")
             for r in pending.retries:
                 if r.msg.msg_id in retried:
@@ -362,6 +428,8 @@ class Worker:
         if pending.burials:
             buried = claim.message_bury(self._conn, pending.burials, ttl=ttl)
             self.stats.dead_lettered += len(buried)
+            _count_by_queue(metrics.DEAD_LETTERED, pending.burials, buried)
+            _count_by_queue(metrics.FAILED, pending.burials, buried)
             self._count_lost(pending.burials, buried, "dead-letter")
             for b in pending.burials:
                 if b.msg.msg_id in buried:
@@ -383,6 +451,7 @@ class Worker:
         for item in items:
             if item.msg.msg_id not in written:
                 self.stats.lease_lost += 1
+                metrics.LEASE_LOST.labels(item.msg.queue_name).inc()
                 logger.warning(
                     "%s skipped: lease lost task_id=%s task=%s queue=%s",
                     what,
@@ -432,12 +501,68 @@ class Worker:
                 continue
             if job is None:
                 return
-            started = job.msg.claimed_at + dt.timedelta(seconds=time.monotonic() - job.claimed_mono)
-            self._done.append(run_job(job, self.worker_id, started))
+            msg = job.msg
+            start = time.monotonic()
+            started = msg.claimed_at + dt.timedelta(seconds=start - job.claimed_mono)
+            if msg.attempts == 1:  # from due time, so a delay is not counted as latency
+                metrics.ENQUEUE_TO_START.labels(msg.queue_name).observe(
+                    max(0.0, (started - msg.available_at).total_seconds())
+                )
+            with self._running_lock:
+                self._running[msg.msg_id] = (job, start, job.time_limit)
+            outcome = run_job(job, self.worker_id, started)
+            with self._running_lock:
+                mine = self._running.pop(msg.msg_id, None) is not None
+            if not mine:
+                # The coordinator failed this job for its time limit and started a replacement
+                # thread; this one's late outcome is discarded and the thread retires.
+                logger.warning(
+                    "late finish discarded after time limit task_id=%s task=%s queue=%s",
+                    msg.task_id,
+                    msg.task_name,
+                    msg.queue_name,
+                )
+                return
+            metrics.TASK_DURATION.labels(msg.queue_name).observe(time.monotonic() - start)
+            self._done.append(outcome)
             self._wake.set()
 
+    def _enforce_time_limits(self) -> None:
+        """Fail jobs past their time limit, stop renewing them, and recover their slots."""
+        now = time.monotonic()
+        self._next_limit_check = now + TIME_LIMIT_CHECK
+        with self._running_lock:
+            overdue = [
+                (msg_id, job, limit)
+                for msg_id, (job, start, limit) in self._running.items()
+                if limit and now - start > limit
+            ]
+            for msg_id, _job, _limit in overdue:
+                del self._running[msg_id]
+        for _msg_id, job, limit in overdue:
+            msg = job.msg
+            started = msg.claimed_at + dt.timedelta(seconds=now - limit - job.claimed_mono)
+            error = f"TimeoutError: task exceeded its time limit of {limit:g}s"
+            self._done.append(failure_outcome(job, error, "", started))
+            self.stats.time_limited += 1
+            metrics.TIME_LIMITED.inc()
+            logger.error(
+                "time limit exceeded task_id=%s task=%s queue=%s limit=%gs attempt=%d/%d",
+                msg.task_id,
+                msg.task_name,
+                msg.queue_name,
+                limit,
+                msg.attempts,
+                msg.max_attempts,
+            )
+            if self.exit_on_time_limit:
+                self.time_limit_exit = True
+                self.request_stop()
+            else:
+                self._spawn(self._task_loop, f"pg-queue-task-r{self.stats.time_limited}")
+
     def _heartbeat_loop(self) -> None:
-        beat = max(0.05, self.conf.lease_seconds / 3)
+        beat = self.heartbeat_interval
         next_rearm = time.monotonic()
         next_sweep = time.monotonic() + SWEEP_INTERVAL * random.random()
         conn: psycopg.Connection[Any] | None = None
@@ -460,6 +585,7 @@ class Worker:
                     )
                     if rearmed or buried:
                         self.stats.rearmed += rearmed
+                        metrics.REARMED.inc(rearmed)
                         logger.warning(
                             "re-armed expired leases worker_id=%s rearmed=%d dead_lettered=%d",
                             self.worker_id,
@@ -471,12 +597,13 @@ class Worker:
                     claim.result_sweep(conn, limit=SWEEP_BATCH)
                     next_sweep = now + SWEEP_INTERVAL
                 self.last_heartbeat = time.monotonic()
+                self._write_health_file()
             except _DB_ERRORS as exc:
                 logger.warning("heartbeat failed worker_id=%s error=%s", self.worker_id, exc)
                 if conn is not None:
                     conn.close()
                 conn = None
-            self._halt.wait(min(beat, self.conf.rearm_interval))
+            self._halt.wait(beat)
         if conn is not None:
             conn.close()
 
@@ -586,3 +713,13 @@ class Worker:
                 t.join(timeout=THREAD_POLL * 2 + 1.0)
             if self._conn is not None:
                 self._conn.close()
+
+
+def _count_by_queue(counter: Any, items: list[Any], written: set[int]) -> None:
+    """Add one batch to a per-queue counter (one inc per queue, not per job)."""
+    per_queue: dict[str, int] = {}
+    for item in items:
+        if item.msg.msg_id in written:
+            per_queue[item.msg.queue_name] = per_queue.get(item.msg.queue_name, 0) + 1
+    for queue_name, count in per_queue.items():
+        counter.labels(queue_name).inc(count)

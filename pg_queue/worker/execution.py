@@ -34,6 +34,7 @@ class Job:
     payload: TaskPayload
     task: Task | Any  # a native Task or a Celery task
     claimed_mono: float  # time.monotonic() when the claim returned
+    time_limit: float = 0.0  # seconds; 0 = none
 
 
 def backoff_delay(task: Task | Any, attempt: int) -> float:
@@ -86,25 +87,33 @@ def _stores_result(task: Task | Any) -> bool:
     return not getattr(task, "ignore_result", False)
 
 
+def time_limit_of(task: Task | Any, default: float) -> float:
+    """Seconds a run of ``task`` may take (0 = unlimited): the task's own, else the default."""
+    own = task.time_limit if isinstance(task, Task) else getattr(task, "time_limit", None)
+    return float(own) if own else default
+
+
+def failure_outcome(
+    job: Job, error: str, tb: str, started_at: dt.datetime, delay: float | None = None
+) -> RetryLater | Bury:
+    """Retry later while attempts remain, else dead-letter with the last error and traceback."""
+    msg = job.msg
+    if msg.attempts < msg.max_attempts:
+        wait = backoff_delay(job.task, msg.attempts) if delay is None else max(0.0, delay)
+        return RetryLater(msg, wait, error)
+    return Bury(msg, DeadLetterReason.EXHAUSTED, error, tb, started_at)
+
+
 def run_job(job: Job, worker_id: str, started_at: dt.datetime) -> Outcome:
     """Execute ``job`` and describe how it ended. Never raises."""
-    msg = job.msg
     try:
-        try:
-            value = _call(job, worker_id)
-            result_json = dumps(coerce_json(value, "result")) if _stores_result(job.task) else None
-            return Success(msg, result_json, started_at)
-        except Retry as retry:
-            error = f"retry requested: {retry.reason}" if retry.reason else "retry requested"
-            delay = retry.delay
-            tb = ""
-        except Exception as exc:
-            error = _error_text(exc)
-            delay = None
-            tb = traceback.format_exc()
-        if msg.attempts < msg.max_attempts:
-            wait = backoff_delay(job.task, msg.attempts) if delay is None else max(0.0, delay)
-            return RetryLater(msg, wait, error)
-        return Bury(msg, DeadLetterReason.EXHAUSTED, error, tb, started_at)
+        value = _call(job, worker_id)
+        result_json = dumps(coerce_json(value, "result")) if _stores_result(job.task) else None
+        return Success(job.msg, result_json, started_at)
+    except Retry as retry:
+        error = f"retry requested: {retry.reason}" if retry.reason else "retry requested"
+        return failure_outcome(job, error, "", started_at, retry.delay)
+    except Exception as exc:
+        return failure_outcome(job, _error_text(exc), traceback.format_exc(), started_at)
     finally:
         close_old_connections()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
@@ -13,7 +15,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from pg_queue.conf import queue_settings
 from pg_queue.registry import celery_app, import_task_modules, native_tasks
 from pg_queue.worker import Worker, parse_queues
-from pg_queue.worker.core import DEFAULT_SHUTDOWN_GRACE
+from pg_queue.worker.core import DEFAULT_SHUTDOWN_GRACE, EXIT_TIME_LIMIT
+from pg_queue.worker.health import HealthServer
+from pg_queue.worker.supervisor import Supervisor
 
 logger = logging.getLogger("pg_queue.worker")
 
@@ -47,19 +51,29 @@ class Command(BaseCommand):
             default=DEFAULT_SHUTDOWN_GRACE,
             help="seconds in-flight jobs get after the first SIGTERM/SIGINT",
         )
+        parser.add_argument(
+            "--time-limit",
+            type=float,
+            default=None,
+            help="default per-task time limit in seconds (a task's own time_limit wins)",
+        )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            help="child worker processes under a supervisor (each with --concurrency threads)",
+        )
+        parser.add_argument(
+            "--health-port", type=int, default=None, help="serve /healthz and /metrics on PORT"
+        )
+        parser.add_argument("--health-host", default="127.0.0.1", help="address for --health-port")
+        parser.add_argument("--child-health-file", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        conf = queue_settings()
-        try:
-            queues = parse_queues(options["queues"], conf.default_queue)
-        except ValueError as exc:
-            raise CommandError(f"--queues: {exc}") from None
-        for flag in ("concurrency", "batch_size", "max_tasks"):
-            value = options[flag]
-            if value is not None and value < 1:
-                raise CommandError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-        if options["shutdown_grace"] < 0:
-            raise CommandError("--shutdown-grace must be >= 0")
+        queues = self._validate(options)
+        if options["processes"] > 1:
+            self._supervise(options)
+            return
         try:
             modules = import_task_modules(options["include"])
         except ImportError as exc:
@@ -74,6 +88,9 @@ class Command(BaseCommand):
             max_tasks=options["max_tasks"],
             worker_id=options["worker_id"],
             shutdown_grace=options["shutdown_grace"],
+            time_limit=options["time_limit"],
+            exit_on_time_limit=options["child_health_file"] is not None,
+            health_file=options["child_health_file"],
         )
         logger.info(
             "tasks known native=%d celery=%d modules=%s",
@@ -82,10 +99,75 @@ class Command(BaseCommand):
             ",".join(modules) or "-",
         )
         self._install_signals(worker)
-        stats = worker.run()
+        server = self._start_health(worker, options)
+        try:
+            stats = worker.run()
+        finally:
+            if server is not None:
+                server.stop()
         self.stdout.write(
             "pg_queue worker done: " + " ".join(f"{k}={v}" for k, v in stats.as_dict().items())
         )
+        if worker.time_limit_exit:
+            sys.exit(EXIT_TIME_LIMIT)
+
+    @staticmethod
+    def _validate(options: dict[str, Any]) -> dict[str, int]:
+        """Check every flag before anything starts; errors name the flag."""
+        try:
+            queues = parse_queues(options["queues"], queue_settings().default_queue)
+        except ValueError as exc:
+            raise CommandError(f"--queues: {exc}") from None
+        for flag in ("concurrency", "batch_size", "max_tasks", "processes"):
+            value = options[flag]
+            if value is not None and value < 1:
+                raise CommandError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+        if options["shutdown_grace"] < 0:
+            raise CommandError("--shutdown-grace must be >= 0")
+        if options["time_limit"] is not None and options["time_limit"] < 0:
+            raise CommandError("--time-limit must be >= 0 (0 = none)")
+        port = options["health_port"]
+        if port is not None and not 0 <= port <= 65535:
+            raise CommandError(f"--health-port must be 0..65535, got {port}")
+        return queues
+
+    @staticmethod
+    def _start_health(worker: Worker, options: dict[str, Any]) -> HealthServer | None:
+        if options["health_port"] is None:
+            return None
+        from pg_queue.metrics import QueueDepthCollector
+
+        try:
+            server = HealthServer(
+                options["health_port"], worker.health, host=options["health_host"]
+            )
+        except OSError as exc:
+            raise CommandError(f"--health-port {options['health_port']}: {exc}") from None
+        _register_depth_collector(QueueDepthCollector())
+        return server.start()
+
+    @staticmethod
+    def _supervise(options: dict[str, Any]) -> None:
+        child_args = ["--shutdown-grace", str(options["shutdown_grace"])]
+        for flag in ("queues", "concurrency", "batch_size", "max_tasks", "time_limit"):
+            if options[flag] not in (None, ""):
+                child_args += [f"--{flag.replace('_', '-')}", str(options[flag])]
+        if options["burst"]:
+            child_args.append("--burst")
+        for module in options["include"]:
+            child_args += ["--include", module]
+        supervisor = Supervisor(
+            child_args,
+            processes=options["processes"],
+            shutdown_grace=options["shutdown_grace"],
+            health_port=options["health_port"],
+            health_host=options["health_host"],
+        )
+        signal.signal(signal.SIGTERM, supervisor.on_signal)
+        signal.signal(signal.SIGINT, supervisor.on_signal)
+        code = supervisor.run()
+        if code:
+            raise CommandError("some child workers did not stop cleanly", returncode=code)
 
     @staticmethod
     def _install_signals(worker: Worker) -> None:
@@ -105,3 +187,16 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+
+_depth_registered = False
+
+
+def _register_depth_collector(collector: Any) -> None:
+    """Register the queue-depth collector once per process (REGISTRY refuses duplicates)."""
+    global _depth_registered
+    if not _depth_registered:
+        from prometheus_client import REGISTRY
+
+        REGISTRY.register(collector)
+        _depth_registered = True

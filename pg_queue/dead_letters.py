@@ -1,0 +1,30 @@
+"""Operator actions on the dead-letter table (also used by the admin and the commands)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from django.db import connections, transaction
+
+from pg_queue import sql
+
+
+def requeue_dead_letters(ids: Iterable[int], *, using: str = "default") -> list[uuid.UUID]:
+    """Put dead letters back on their queues with fresh attempts; returns the task ids requeued.
+
+    The job keeps its task id, so a caller holding the handle sees it queued again. A letter
+    whose task id is live in the queue again (requeued twice) is left where it is.
+    """
+    id_list = [int(i) for i in ids]
+    if not id_list:
+        return []
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(sql.DEAD_LETTER_REQUEUE, {"ids": id_list})
+        return [row[0] for row in cursor.fetchall()]
+
+
+def requeue_dead_letter(letter_id: int, *, using: str = "default") -> uuid.UUID | None:
+    """Requeue one dead letter; None if it no longer exists."""
+    requeued = requeue_dead_letters([letter_id], using=using)
+    return requeued[0] if requeued else None
