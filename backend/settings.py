@@ -72,6 +72,8 @@ PG_QUEUE = {
     "CONCURRENCY": env.int("PG_QUEUE_CONCURRENCY", default=8),
     "NOTIFY": env.bool("PG_QUEUE_NOTIFY", default=True),
     "PREPARED_STATEMENTS": env.bool("PG_QUEUE_PREPARED_STATEMENTS", default=True),
+    "LEASE_SECONDS": env.float("PG_QUEUE_LEASE_SECONDS", default=30.0),
+    "REARM_INTERVAL": env.float("PG_QUEUE_REARM_INTERVAL", default=5.0),
 }
 
 LOGGING = {
