@@ -8,3 +8,8 @@ class PgQueueConfig(AppConfig):
 
     def ready(self) -> None:
         from pg_queue import checks  # noqa: F401  (registers system checks)
+        from pg_queue.registry import import_task_modules
+
+        # Like Celery's ``imports``: every process (producers too) knows each task's defaults
+        # (queue, max_attempts) when it enqueues by name. An import error surfaces at startup.
+        import_task_modules()

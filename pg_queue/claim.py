@@ -17,6 +17,7 @@ from django.db import connections
 
 from pg_queue import sql
 from pg_queue.conf import queue_settings
+from pg_queue.payload import ContinuationSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,8 @@ class Success:
     msg: ClaimedMessage
     result_json: str | None  # None: the task does not store results
     started_at: dt.datetime
+    on_success: ContinuationSpec | None = None
+    value: Any = None  # the JSON-coerced result, kept only when on_success needs it
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class Bury:
     error: str
     traceback: str
     started_at: dt.datetime | None
+    on_error: ContinuationSpec | None = None
 
 
 def worker_connection(alias: str = "default") -> psycopg.Connection[Any]:
@@ -160,11 +164,25 @@ def message_release(conn: psycopg.Connection[Any], held: dict[int, uuid.UUID]) -
     return {r[0] for r in rows}
 
 
-def message_rearm(conn: psycopg.Connection[Any], *, limit: int, ttl: float) -> tuple[int, int]:
-    """Return expired claims to ready (or bury them on their last attempt): (rearmed, buried)."""
-    rearmed = conn.execute(sql.MESSAGE_REARM, {"limit": limit}).fetchall()
-    buried = conn.execute(sql.MESSAGE_REARM_EXHAUSTED, {"limit": limit, "ttl": ttl}).fetchall()
-    return len(rearmed), len(buried)
+def message_rearm(conn: psycopg.Connection[Any], *, limit: int) -> int:
+    """Return expired claims with attempts left to ready; returns how many."""
+    return len(conn.execute(sql.MESSAGE_REARM, {"limit": limit}).fetchall())
+
+
+def message_rearm_exhausted(
+    conn: psycopg.Connection[Any], *, limit: int, ttl: float
+) -> list[tuple[uuid.UUID, str, str, Any, str]]:
+    """Dead-letter expired claims on their last attempt.
+
+    Returns (task_id, task_name, queue_name, payload, error) per row so the caller can fire
+    ``on_error`` continuations in the same transaction.
+    """
+    return conn.execute(sql.MESSAGE_REARM_EXHAUSTED, {"limit": limit, "ttl": ttl}).fetchall()
+
+
+def message_insert_many(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+    """Insert rows prepared by ``producer.bulk_params`` (continuations from the worker)."""
+    conn.execute(sql.MESSAGE_INSERT_MANY, params)
 
 
 def result_sweep(conn: psycopg.Connection[Any], *, limit: int) -> int:

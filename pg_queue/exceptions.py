@@ -31,3 +31,15 @@ class Retry(PgQueueError):
         self.delay = delay
         self.reason = reason
         super().__init__(reason or "retry requested")
+
+
+class Reject(PgQueueError):
+    """The job failed for good: dead-letter it now, whatever attempts remain.
+
+    Raised for a Celery task's exception (Celery does not retry unless the task asks), or by a
+    task that knows a retry cannot help. ``cause`` is the original exception.
+    """
+
+    def __init__(self, cause: BaseException | str) -> None:
+        self.cause = cause
+        super().__init__(str(cause))

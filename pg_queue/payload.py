@@ -117,12 +117,15 @@ class ContinuationSpec:
     def from_json(cls, data: Any) -> ContinuationSpec:
         if not isinstance(data, dict):
             raise PayloadError(f"continuation is {type(data).__name__}, expected an object")
-        return cls(
-            task_name=str(data.get("task_name") or ""),
-            queue=str(data.get("queue") or ""),
-            args=list(data.get("args") or []),
-            kwargs=dict(data.get("kwargs") or {}),
-        )
+        try:  # a worker dead-letters PayloadError; any other error would escape its decode
+            return cls(
+                task_name=str(data.get("task_name") or ""),
+                queue=str(data.get("queue") or ""),
+                args=list(data.get("args") or []),
+                kwargs=dict(data.get("kwargs") or {}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"continuation is malformed: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -16,9 +16,10 @@ from typing import Any
 from django.db import connections
 
 from pg_queue import sql
+from pg_queue.celery_compat import celery_max_attempts
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
 from pg_queue.payload import ContinuationSpec, TaskPayload, dumps
-from pg_queue.registry import EnqueueOptions, native_task
+from pg_queue.registry import EnqueueOptions, Task, celery_task, native_task
 from pg_queue.results import TaskHandle
 
 logger = logging.getLogger("pg_queue.producer")
@@ -77,7 +78,7 @@ def _validate(spec: JobSpec) -> _Row:
     opts = spec.options
     queue = opts.queue or (known.queue if known else conf.default_queue)
     priority = opts.priority if opts.priority is not None else (known.priority if known else 0)
-    max_attempts = opts.max_attempts or (known.max_attempts if known else conf.max_attempts)
+    max_attempts = opts.max_attempts or _default_max_attempts(spec.task_name, known)
     if not -32768 <= priority <= 32767:
         raise ValueError(f"priority must fit a smallint (-32768..32767), got {priority}")
     if max_attempts < 1:
@@ -110,6 +111,16 @@ def _validate(spec: JobSpec) -> _Row:
         resource_key=opts.resource_key,
         dedup_key=opts.dedup_key,
     )
+
+
+def _default_max_attempts(task_name: str, known: Task | None) -> int:
+    """A native task's own setting; a Celery task's ``max_retries + 1``; else the setting."""
+    if known is not None:
+        return known.max_attempts
+    celery = celery_task(task_name)
+    if celery is not None:
+        return celery_max_attempts(celery)
+    return queue_settings().max_attempts
 
 
 def _row_params(row: _Row) -> dict[str, Any]:
@@ -268,18 +279,28 @@ def _copy_rows(cursor: Any, rows: list[_Row]) -> None:
 
 def _insert_many(cursor: Any, rows: list[_Row]) -> None:
     """One multi-row INSERT for delayed rows (``available_at`` computed by the database)."""
-    cursor.execute(
-        sql.MESSAGE_INSERT_MANY,
-        {
-            "task_ids": [r.task_id for r in rows],
-            "queues": [r.queue for r in rows],
-            "task_names": [r.task_name for r in rows],
-            "payloads": [r.payload for r in rows],
-            "priorities": [r.priority for r in rows],
-            "delays": [r.delay for r in rows],
-            "etas": [r.eta for r in rows],
-            "max_attempts": [r.max_attempts for r in rows],
-            "tenant_keys": [r.tenant_key for r in rows],
-            "resource_keys": [r.resource_key for r in rows],
-        },
-    )
+    cursor.execute(sql.MESSAGE_INSERT_MANY, _bulk_params(rows))
+
+
+def bulk_params(specs: list[JobSpec]) -> dict[str, Any]:
+    """Validate ``specs`` and return parameters for ``sql.MESSAGE_INSERT_MANY``.
+
+    Used by the worker to enqueue continuations on its own connection, inside its ack
+    transaction; raises ``ValueError`` naming the problem like ``enqueue`` does.
+    """
+    return _bulk_params([_validate(spec) for spec in specs])
+
+
+def _bulk_params(rows: list[_Row]) -> dict[str, Any]:
+    return {
+        "task_ids": [r.task_id for r in rows],
+        "queues": [r.queue for r in rows],
+        "task_names": [r.task_name for r in rows],
+        "payloads": [r.payload for r in rows],
+        "priorities": [r.priority for r in rows],
+        "delays": [r.delay for r in rows],
+        "etas": [r.eta for r in rows],
+        "max_attempts": [r.max_attempts for r in rows],
+        "tenant_keys": [r.tenant_key for r in rows],
+        "resource_keys": [r.resource_key for r in rows],
+    }

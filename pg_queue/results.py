@@ -6,6 +6,7 @@ neither means unknown (never enqueued, rolled back, result expired, or ``store_r
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ def _fetch(task_id: uuid.UUID, using: str) -> TaskOutcome | None:
             return TaskOutcome(
                 task_id=task_id,
                 status=status,
-                result=result,
+                result=None if result is None else json.loads(result),  # Django: jsonb is text
                 error=error,
                 traceback=tb,
                 attempts=attempts,

@@ -241,7 +241,9 @@ WITH expired AS (
     FROM gone AS g
     ON CONFLICT (task_id) DO NOTHING
 )
-SELECT msg_id, task_id, queue_name FROM gone
+SELECT g.task_id, g.task_name, g.queue_name, g.payload,
+       'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing'
+FROM gone AS g
 """
 
 # --- workers ---------------------------------------------------------------------------------

@@ -55,3 +55,15 @@ def overrun(seconds: float) -> float:
     """Sleeps past its 0.5 s time limit when asked to (time-limit tests)."""
     time.sleep(seconds)
     return seconds
+
+
+@task(queue="default")
+def on_done(result: object, label: str = "") -> dict[str, object]:
+    """An on_success callback: receives the finished task's result first."""
+    return {"result": result, "label": label}
+
+
+@task(queue="default")
+def on_failed(task_id: str, error: str, label: str = "") -> dict[str, str]:
+    """An on_error callback: receives the failed task's id and its real error text."""
+    return {"task_id": task_id, "error": error, "label": label}

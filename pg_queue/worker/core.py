@@ -36,6 +36,13 @@ from pg_queue.exceptions import PayloadError, TaskNotFound
 from pg_queue.models import DeadLetterReason
 from pg_queue.payload import TaskPayload
 from pg_queue.registry import resolve
+from pg_queue.worker.continuations import (
+    enqueue_continuations,
+    error_spec,
+    lenient_on_error,
+    send_job_failed,
+    success_spec,
+)
 from pg_queue.worker.execution import Job, Outcome, failure_outcome, run_job, time_limit_of
 
 logger = logging.getLogger("pg_queue.worker")
@@ -393,21 +400,54 @@ class Worker:
             reason,
             error,
         )
-        self._done.append(Bury(msg, reason, error, "", None))
+        self._done.append(Bury(msg, reason, error, "", None, lenient_on_error(msg.payload)))
 
     def _finish(self, pending: _Pending) -> None:
-        """Write a batch of finishes: one statement per kind present, acks first."""
+        """Write a batch of finishes: one statement per kind present.
+
+        A plain batch of acks is one autocommit statement. When continuations must fire, the
+        ack/dead-letter statements and the continuation inserts share one transaction.
+        """
         assert self._conn is not None
-        ttl = float(self.conf.result_ttl_seconds)
+        conn = self._conn
+        fires = any(s.on_success for s in pending.successes) or any(
+            b.on_error for b in pending.burials
+        )
+        if fires:
+            with conn.transaction():
+                buried = self._write_finishes(pending)
+        else:
+            buried = self._write_finishes(pending)
         outcomes: list[Outcome] = [*pending.successes, *pending.retries, *pending.burials]
-        finished = [o.msg.msg_id for o in outcomes]
+        with self._inflight_lock:
+            for o in outcomes:
+                self._inflight.pop(o.msg.msg_id, None)
+        if buried:
+            send_job_failed(
+                (b.msg.task_id, b.msg.task_name, b.msg.queue_name, b.reason, b.error)
+                for b in pending.burials
+                if b.msg.msg_id in buried
+            )
+
+    def _write_finishes(self, pending: _Pending) -> set[int]:
+        """The statements of ``_finish``; returns the msg_ids dead-lettered."""
+        assert self._conn is not None
+        conn = self._conn
+        ttl = float(self.conf.result_ttl_seconds)
+        continuations = []
+        buried: set[int] = set()
         if pending.successes:
-            acked = claim.message_ack(self._conn, pending.successes, ttl=ttl)
+            acked = claim.message_ack(conn, pending.successes, ttl=ttl)
             self.stats.succeeded += len(acked)
             _count_by_queue(metrics.SUCCEEDED, pending.successes, acked)
             self._count_lost(pending.successes, acked, "ack")
+            continuations += [
+                (s.msg.task_id, success_spec(s.on_success, s.value))
+                for s in pending.successes
+                if s.on_success is not None and s.msg.msg_id in acked
+            ]
         if pending.retries:
-            retried = claim.message_retry(self._conn, pending.retries)
+            retried = claim.message_retry(conn, pending.retries)
             self.stats.retried += len(retried)
             _count_by_queue(metrics.RETRIED, pending.retries, retried)
             _count_by_queue(metrics.FAILED, pending.retries, retried)
@@ -426,26 +466,29 @@ class Worker:
                         r.error,
                     )
         if pending.burials:
-            buried = claim.message_bury(self._conn, pending.burials, ttl=ttl)
+            buried = claim.message_bury(conn, pending.burials, ttl=ttl)
             self.stats.dead_lettered += len(buried)
             _count_by_queue(metrics.DEAD_LETTERED, pending.burials, buried)
             _count_by_queue(metrics.FAILED, pending.burials, buried)
             self._count_lost(pending.burials, buried, "dead-letter")
             for b in pending.burials:
-                if b.msg.msg_id in buried:
-                    logger.error(
-                        "job dead-lettered task_id=%s task=%s queue=%s attempts=%d reason=%s "
-                        "error=%s",
-                        b.msg.task_id,
-                        b.msg.task_name,
-                        b.msg.queue_name,
-                        b.msg.attempts,
-                        b.reason,
-                        b.error,
+                if b.msg.msg_id not in buried:
+                    continue
+                logger.error(
+                    "job dead-lettered task_id=%s task=%s queue=%s attempts=%d reason=%s error=%s",
+                    b.msg.task_id,
+                    b.msg.task_name,
+                    b.msg.queue_name,
+                    b.msg.attempts,
+                    b.reason,
+                    b.error,
+                )
+                if b.on_error is not None:
+                    continuations.append(
+                        (b.msg.task_id, error_spec(b.on_error, b.msg.task_id, b.error))
                     )
-        with self._inflight_lock:
-            for msg_id in finished:
-                self._inflight.pop(msg_id, None)
+        enqueue_continuations(conn, continuations)
+        return buried
 
     def _count_lost(self, items: list[Any], written: set[int], what: str) -> None:
         for item in items:
@@ -580,9 +623,8 @@ class Worker:
                 )
                 now = time.monotonic()
                 if now >= next_rearm:
-                    rearmed, buried = claim.message_rearm(
-                        conn, limit=REARM_BATCH, ttl=float(self.conf.result_ttl_seconds)
-                    )
+                    rearmed = claim.message_rearm(conn, limit=REARM_BATCH)
+                    buried = self._rearm_exhausted(conn)
                     if rearmed or buried:
                         self.stats.rearmed += rearmed
                         metrics.REARMED.inc(rearmed)
@@ -606,6 +648,26 @@ class Worker:
             self._halt.wait(beat)
         if conn is not None:
             conn.close()
+
+    def _rearm_exhausted(self, conn: psycopg.Connection[Any]) -> int:
+        """Dead-letter expired last attempts; fire their on_error in the same transaction."""
+        with conn.transaction():
+            rows = claim.message_rearm_exhausted(
+                conn, limit=REARM_BATCH, ttl=float(self.conf.result_ttl_seconds)
+            )
+            continuations = []
+            for task_id, _name, _queue, payload, error in rows:
+                spec = lenient_on_error(payload)
+                if spec is not None:
+                    continuations.append((task_id, error_spec(spec, task_id, error)))
+            enqueue_continuations(conn, continuations)
+        if rows:
+            metrics.DEAD_LETTERED.labels(rows[0][2]).inc(len(rows))
+            send_job_failed(
+                (task_id, name, queue, DeadLetterReason.LEASE_EXPIRED, error)
+                for task_id, name, queue, _payload, error in rows
+            )
+        return len(rows)
 
     def _renew_leases(self, conn: psycopg.Connection[Any]) -> None:
         with self._inflight_lock:

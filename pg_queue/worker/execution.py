@@ -15,10 +15,11 @@ from typing import Any
 
 from django.db import close_old_connections
 
+from pg_queue.celery_compat import run_celery_task
 from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
 from pg_queue.conf import queue_settings
 from pg_queue.context import JobContext
-from pg_queue.exceptions import Retry
+from pg_queue.exceptions import Reject, Retry
 from pg_queue.models import DeadLetterReason
 from pg_queue.payload import TaskPayload, coerce_json, dumps
 from pg_queue.registry import Task
@@ -71,14 +72,7 @@ def _call(job: Job, worker_id: str) -> Any:
             return task.func(context, *payload.args, **payload.kwargs)
         return task.func(*payload.args, **payload.kwargs)
     # A Celery task: its own code, in-process, under the stable task id.
-    eager = task.apply(
-        args=payload.args,
-        kwargs=payload.kwargs,
-        task_id=str(msg.task_id),
-        retries=msg.attempts - 1,
-        throw=True,
-    )
-    return eager.result
+    return run_celery_task(task, msg.task_id, payload.args, payload.kwargs, msg.attempts)
 
 
 def _stores_result(task: Task | Any) -> bool:
@@ -101,18 +95,30 @@ def failure_outcome(
     if msg.attempts < msg.max_attempts:
         wait = backoff_delay(job.task, msg.attempts) if delay is None else max(0.0, delay)
         return RetryLater(msg, wait, error)
-    return Bury(msg, DeadLetterReason.EXHAUSTED, error, tb, started_at)
+    return Bury(msg, DeadLetterReason.EXHAUSTED, error, tb, started_at, job.payload.on_error)
 
 
 def run_job(job: Job, worker_id: str, started_at: dt.datetime) -> Outcome:
     """Execute ``job`` and describe how it ended. Never raises."""
     try:
-        value = _call(job, worker_id)
-        result_json = dumps(coerce_json(value, "result")) if _stores_result(job.task) else None
-        return Success(job.msg, result_json, started_at)
+        value = coerce_json(_call(job, worker_id), "result")
+        result_json = dumps(value) if _stores_result(job.task) else None
+        on_success = job.payload.on_success
+        return Success(job.msg, result_json, started_at, on_success, value if on_success else None)
     except Retry as retry:
         error = f"retry requested: {retry.reason}" if retry.reason else "retry requested"
         return failure_outcome(job, error, "", started_at, retry.delay)
+    except Reject as reject:
+        cause = reject.cause
+        error = _error_text(cause) if isinstance(cause, BaseException) else str(cause)
+        return Bury(
+            job.msg,
+            DeadLetterReason.EXHAUSTED,
+            error,
+            traceback.format_exc(),
+            started_at,
+            job.payload.on_error,
+        )
     except Exception as exc:
         return failure_outcome(job, _error_text(exc), traceback.format_exc(), started_at)
     finally:

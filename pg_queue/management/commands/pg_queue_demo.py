@@ -54,7 +54,7 @@ POLL_INTERVAL = 0.2
 #: Seconds a worker gets to exit after SIGTERM before it is killed.
 STOP_GRACE = 5.0
 #: Worker log lines shown when something goes wrong.
-LOG_TAIL_LINES = 40
+LOG_TAIL_LINES = 25
 
 #: Out of every 20 jobs: 12 fast, 4 slow, 3 flaky (then fine), 1 doomed (dead-lettered).
 MIX_CYCLE = 20

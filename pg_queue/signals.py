@@ -1,0 +1,10 @@
+"""Django signals pg_queue sends. Receivers run in the worker process, after the commit.
+
+``job_failed``: a job was dead-lettered (attempts exhausted, unknown task, undecodable payload,
+lease expired on its last attempt). kwargs: ``task_id`` (UUID), ``task_name``, ``queue_name``,
+``reason``, ``error``. A receiver that raises is logged and does not affect the worker.
+"""
+
+from django.dispatch import Signal
+
+job_failed = Signal()
