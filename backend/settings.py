@@ -53,7 +53,10 @@ WSGI_APPLICATION = "backend.wsgi.application"
 
 DATABASE_URL, DATABASE_SOURCE = resolve_database_url(BASE_DIR)
 DATABASES = {"default": database_config(DATABASE_URL)}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+# Persistent connections: a blocking dispatch() polls/reads results on this connection, and
+# reconnecting costs more than the whole round trip.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -74,6 +77,13 @@ PG_QUEUE = {
     "PREPARED_STATEMENTS": env.bool("PG_QUEUE_PREPARED_STATEMENTS", default=True),
     "LEASE_SECONDS": env.float("PG_QUEUE_LEASE_SECONDS", default=30.0),
     "REARM_INTERVAL": env.float("PG_QUEUE_REARM_INTERVAL", default=5.0),
+    # Routing (the pg_queue_enabled flag's default in-memory provider) and the kill switch.
+    "TRANSPORT_ENABLED": env.bool("PG_QUEUE_TRANSPORT_ENABLED", default=True),
+    "ROUTING_ENABLED": env.bool("PG_QUEUE_ROUTING_ENABLED", default=False),
+    "ROUTING_PERCENT": env.int("PG_QUEUE_ROUTING_PERCENT", default=100),
+    "ROUTING_TENANTS": env.list("PG_QUEUE_ROUTING_TENANTS", default=[]),
+    "ROUTING_EXCLUDE_TENANTS": env.list("PG_QUEUE_ROUTING_EXCLUDE_TENANTS", default=[]),
+    "FLAG_PROVIDER": env.str("PG_QUEUE_FLAG_PROVIDER", default=""),
 }
 
 LOGGING = {

@@ -16,7 +16,7 @@ import psycopg
 from django.db import connections
 
 from pg_queue import sql
-from pg_queue.conf import queue_settings
+from pg_queue.conf import RESULT_CHANNEL, queue_settings
 from pg_queue.payload import ContinuationSpec
 
 
@@ -94,7 +94,9 @@ def message_due_soon(conn: psycopg.Connection[Any], *, queues: list[str], lookah
     return bool(row and row[0])
 
 
-def message_ack(conn: psycopg.Connection[Any], items: list[Success], *, ttl: float) -> set[int]:
+def message_ack(
+    conn: psycopg.Connection[Any], items: list[Success], *, ttl: float, notify: bool = False
+) -> set[int]:
     """Delete acked messages and store their outcomes in one statement; returns acked ids."""
     stored = [s for s in items if s.result_json is not None]
     rows = conn.execute(
@@ -106,6 +108,8 @@ def message_ack(conn: psycopg.Connection[Any], items: list[Success], *, ttl: flo
             "r_results": [s.result_json for s in stored],
             "r_started": [s.started_at for s in stored],
             "ttl": ttl,
+            "notify": notify,
+            "channel": RESULT_CHANNEL,
         },
     ).fetchall()
     return {r[0] for r in rows}
@@ -124,7 +128,9 @@ def message_retry(conn: psycopg.Connection[Any], items: list[RetryLater]) -> set
     return {r[0] for r in rows}
 
 
-def message_bury(conn: psycopg.Connection[Any], items: list[Bury], *, ttl: float) -> set[int]:
+def message_bury(
+    conn: psycopg.Connection[Any], items: list[Bury], *, ttl: float, notify: bool = False
+) -> set[int]:
     """Dead-letter messages and record failed outcomes in one statement; returns moved ids."""
     rows = conn.execute(
         sql.MESSAGE_BURY,
@@ -136,6 +142,8 @@ def message_bury(conn: psycopg.Connection[Any], items: list[Bury], *, ttl: float
             "tracebacks": [b.traceback for b in items],
             "started": [b.started_at for b in items],
             "ttl": ttl,
+            "notify": notify,
+            "channel": RESULT_CHANNEL,
         },
     ).fetchall()
     return {r[0] for r in rows}

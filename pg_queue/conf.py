@@ -21,7 +21,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: Seconds a claim stays ours without renewal. The heartbeat renews every third of it, so two
 #: missed beats are tolerated before any other worker may re-arm the job.
 DEFAULT_LEASE_SECONDS = 30.0
-#: Base of the exponential retry backoff (seconds): base * 2**(attempt-1), with full jitter.
+#: Base of the exponential retry backoff (seconds): base * 2**(attempt-1), with equal jitter
+#: (half to all of it), capped by RETRY_BACKOFF_MAX.
 DEFAULT_RETRY_BACKOFF = 1.0
 #: Ceiling of one retry delay, so a flapping dependency does not push a job out for hours.
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
@@ -51,8 +52,24 @@ DEFAULT_CELERY_APP = ""
 DEFAULT_IMPORTS: tuple[str, ...] = ()
 #: Payload keys whose values are masked in logs and the admin.
 DEFAULT_SECRET_KEYS: tuple[str, ...] = ("password", "secret", "token", "api_key", "authorization")
-#: NOTIFY channel the producer signals and workers listen on.
+#: Kill switch: False sends every routed call to Celery, whatever the flag says.
+DEFAULT_TRANSPORT_ENABLED = True
+#: Default in-memory flag provider: is ``pg_queue_enabled`` on at all? Off = all Celery.
+DEFAULT_ROUTING_ENABLED = False
+#: ...for what share of targeting keys (stable hash of the org/tenant id), 0-100.
+DEFAULT_ROUTING_PERCENT = 100
+#: ...always on for these tenants / always off for these (both win over the percentage).
+DEFAULT_ROUTING_TENANTS: tuple[str, ...] = ()
+DEFAULT_ROUTING_EXCLUDE_TENANTS: tuple[str, ...] = ()
+#: ...only for these task names (empty: every task).
+DEFAULT_ROUTING_TASKS: tuple[str, ...] = ()
+#: Dotted path of a zero-argument factory returning an OpenFeature provider for the flag;
+#: "" = the in-memory provider above; "global" = whatever provider the app registered globally.
+DEFAULT_FLAG_PROVIDER = ""
+#: NOTIFY channel the producer signals and workers listen on (payload: queue name).
 NOTIFY_CHANNEL = "pg_queue"
+#: NOTIFY channel workers signal after storing outcomes (payload: comma-joined task ids).
+RESULT_CHANNEL = "pg_queue_result"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +94,13 @@ class QueueSettings:
     celery_app: str = DEFAULT_CELERY_APP
     imports: tuple[str, ...] = DEFAULT_IMPORTS
     secret_keys: tuple[str, ...] = DEFAULT_SECRET_KEYS
+    transport_enabled: bool = DEFAULT_TRANSPORT_ENABLED
+    routing_enabled: bool = DEFAULT_ROUTING_ENABLED
+    routing_percent: int = DEFAULT_ROUTING_PERCENT
+    routing_tenants: tuple[str, ...] = DEFAULT_ROUTING_TENANTS
+    routing_exclude_tenants: tuple[str, ...] = DEFAULT_ROUTING_EXCLUDE_TENANTS
+    routing_tasks: tuple[str, ...] = DEFAULT_ROUTING_TASKS
+    flag_provider: str = DEFAULT_FLAG_PROVIDER
 
 
 _KNOWN_KEYS = {f.name.upper() for f in fields(QueueSettings)}

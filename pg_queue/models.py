@@ -163,3 +163,23 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.worker_id
+
+
+class Transport(models.TextChoices):
+    POSTGRES = "postgres", "PostgreSQL"
+    CELERY = "celery", "Celery"
+
+
+class RoutingPin(models.Model):
+    """The transport chosen once for a multi-step execution; first decision wins."""
+
+    execution_id = models.CharField(max_length=200, primary_key=True)
+    transport = models.CharField(max_length=16, choices=Transport.choices)
+    reason = models.CharField(max_length=200, blank=True, default="")
+    pinned_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "pg_queue_routing_pin"
+
+    def __str__(self) -> str:
+        return f"{self.execution_id} -> {self.transport}"

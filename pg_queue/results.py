@@ -6,7 +6,9 @@ neither means unknown (never enqueued, rolled back, result expired, or ``store_r
 
 from __future__ import annotations
 
+import atexit
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,16 +16,20 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
+from pg_queue.conf import RESULT_CHANNEL, queue_settings
 from pg_queue.exceptions import WaitInTransactionError
+from pg_queue.notify import Listener
 
 #: Statuses a handle may report. "timeout" and "unknown" never come from the database.
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 QUEUED, RUNNING, TIMEOUT, UNKNOWN = "queued", "running", "timeout", "unknown"
 FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
-#: First and longest sleep between two polls while waiting for a result.
+#: First and longest sleep between two polls while waiting for a result (no wake-ups).
 WAIT_POLL_MIN = 0.005
 WAIT_POLL_MAX = 0.25
+#: With wake-ups, still poll this often: a lost NOTIFY costs at most this much latency.
+WAIT_POLL_LISTENING = 1.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,16 +119,25 @@ class TaskHandle:
         deadline = time.monotonic() + max(0.0, timeout)
         sleep = WAIT_POLL_MIN
         last: TaskOutcome | None = None
-        while True:
-            last = _fetch(self.task_id, self.using)
-            if last is not None and last.status in FINISHED_STATUSES:
-                return last
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            close_old_connections()
-            time.sleep(min(sleep, remaining))
-            sleep = min(sleep * 2, WAIT_POLL_MAX)
+        key = str(self.task_id)
+        woken = _waiters.register(key, self.using)
+        try:
+            while True:
+                last = _fetch(self.task_id, self.using)
+                if last is not None and last.status in FINISHED_STATUSES:
+                    return last
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                close_old_connections()
+                if woken is not None:
+                    woken.wait(min(WAIT_POLL_LISTENING, remaining))
+                    woken.clear()
+                else:
+                    time.sleep(min(sleep, remaining))
+                    sleep = min(sleep * 2, WAIT_POLL_MAX)
+        finally:
+            _waiters.unregister(key, woken)
         state = "never seen" if last is None else f"still {last.status}"
         return TaskOutcome(
             task_id=self.task_id,
@@ -136,3 +151,74 @@ _UNKNOWN_TEXT = (
     "no message and no result: never enqueued, rolled back, result expired, or the task does "
     "not store results"
 )
+
+
+class _ResultWaiters:
+    """Process-wide: one LISTEN connection wakes every thread waiting on a result.
+
+    Started on the first wait when ``PG_QUEUE['NOTIFY']`` is on; if the self-probe fails
+    (transaction pooling) it stays off and waits simply poll. Stopped at interpreter exit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._events: dict[str, set[threading.Event]] = {}
+        self._listener: Listener | None = None
+        self._failed = False
+
+    def register(self, key: str, using: str) -> threading.Event | None:
+        if not queue_settings().notify or not self._ensure_listener(using):
+            return None
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(key, set()).add(event)
+        return event
+
+    def unregister(self, key: str, event: threading.Event | None) -> None:
+        if event is None:
+            return
+        with self._lock:
+            events = self._events.get(key)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._events[key]
+
+    def _ensure_listener(self, using: str) -> bool:
+        # A separate lock: the listener's thread takes _lock in _on_payload while starting.
+        with self._start_lock:
+            if self._failed:
+                return False
+            if self._listener is not None and self._listener.alive:
+                return True
+            from pg_queue.claim import worker_connection
+
+            listener = Listener(
+                RESULT_CHANNEL,
+                self._on_payload,
+                lambda: worker_connection(using),
+                name="pg-queue-result-listen",
+            )
+            if not listener.start():
+                listener.stop()
+                self._failed = True
+                return False
+            self._listener = listener
+            return True
+
+    def _on_payload(self, payload: str) -> None:
+        with self._lock:
+            for key in payload.split(","):
+                for event in self._events.get(key, ()):
+                    event.set()
+
+    def stop(self) -> None:
+        with self._start_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
+
+_waiters = _ResultWaiters()
+atexit.register(_waiters.stop)

@@ -113,8 +113,14 @@ WITH done AS (
     JOIN unnest(%(r_msg_ids)s::bigint[], %(r_results)s::text[], %(r_started)s::timestamptz[])
          AS r(msg_id, result, started_at) ON r.msg_id = d.msg_id
     ON CONFLICT (task_id) DO NOTHING
+    RETURNING task_id
+), woken AS (
+    -- One NOTIFY per batch (delivered at commit) wakes callers waiting on these results.
+    SELECT CASE WHEN %(notify)s AND count(*) > 0
+           THEN pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
+    FROM stored
 )
-SELECT msg_id FROM done
+SELECT msg_id FROM done, woken
 """
 
 #: Put failed-but-retryable jobs back, due after their backoff. Gated on the lease.
@@ -163,8 +169,13 @@ WITH gone AS (
            now() + make_interval(secs => %(ttl)s)
     FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
     ON CONFLICT (task_id) DO NOTHING
+    RETURNING task_id
+), woken AS (
+    SELECT CASE WHEN %(notify)s AND count(*) > 0
+           THEN pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
+    FROM outcomes
 )
-SELECT msg_id FROM gone
+SELECT msg_id FROM gone, woken
 """
 
 # --- leases ----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
 from pg_queue.exceptions import PayloadError, TaskNotFound
 from pg_queue.models import DeadLetterReason
+from pg_queue.notify import Listener
 from pg_queue.payload import TaskPayload
 from pg_queue.registry import resolve
 from pg_queue.worker.continuations import (
@@ -187,6 +188,8 @@ class Worker:
         self._running: dict[int, tuple[Job, float, float]] = {}
         self._running_lock = threading.Lock()
         self._next_limit_check = 0.0
+        self._notify_results = conf.notify
+        self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
         self._conn: psycopg.Connection[Any] | None = None
         self.last_claim_loop = time.monotonic()
@@ -437,7 +440,7 @@ class Worker:
         continuations = []
         buried: set[int] = set()
         if pending.successes:
-            acked = claim.message_ack(conn, pending.successes, ttl=ttl)
+            acked = claim.message_ack(conn, pending.successes, ttl=ttl, notify=self._notify_results)
             self.stats.succeeded += len(acked)
             _count_by_queue(metrics.SUCCEEDED, pending.successes, acked)
             self._count_lost(pending.successes, acked, "ack")
@@ -466,7 +469,7 @@ class Worker:
                         r.error,
                     )
         if pending.burials:
-            buried = claim.message_bury(conn, pending.burials, ttl=ttl)
+            buried = claim.message_bury(conn, pending.burials, ttl=ttl, notify=self._notify_results)
             self.stats.dead_lettered += len(buried)
             _count_by_queue(metrics.DEAD_LETTERED, pending.burials, buried)
             _count_by_queue(metrics.FAILED, pending.burials, buried)
@@ -527,7 +530,14 @@ class Worker:
             self._spawn(self._task_loop, f"pg-queue-task-{i}")
         self._spawn(self._heartbeat_loop, "pg-queue-heartbeat")
         if self.conf.notify:
-            self._spawn(self._listen_loop, "pg-queue-listen")
+            self._listener = Listener(NOTIFY_CHANNEL, self._on_notify, self._connect)
+            if not self._listener.start():
+                # Behind transaction pooling nobody can LISTEN; stop paying for NOTIFY too.
+                self._notify_results = False
+
+    def _on_notify(self, payload: str) -> None:
+        if payload in self.queues:
+            self._wake.set()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         # Daemon so that a task stuck past the shutdown grace cannot keep the process alive;
@@ -686,25 +696,6 @@ class Worker:
                 self.worker_id,
             )
 
-    def _listen_loop(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
-        while not self._halt.is_set():
-            try:
-                if conn is None or conn.closed:
-                    conn = self._connect()
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                for note in conn.notifies(timeout=THREAD_POLL):
-                    if note.payload in self.queues:
-                        self._wake.set()
-            except _DB_ERRORS as exc:
-                logger.info("listener reconnecting worker_id=%s error=%s", self.worker_id, exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
-                self._halt.wait(RECONNECT_MIN)
-        if conn is not None:
-            conn.close()
-
     # --- lifecycle ----------------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -771,6 +762,8 @@ class Worker:
             )
         finally:
             self._halt.set()
+            if self._listener is not None:
+                self._listener.stop()
             for t in self._threads:
                 t.join(timeout=THREAD_POLL * 2 + 1.0)
             if self._conn is not None:

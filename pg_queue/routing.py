@@ -1,0 +1,336 @@
+"""RoutingDispatcher: per call, one flag decides whether work rides Celery or Postgres.
+
+Three call shapes, the same on both transports:
+
+- ``dispatch(...)`` blocks for the result and never raises: enqueue failure, task failure,
+  timeout and malformed results all come back as ``DispatchResult(ok=False, error=...)``,
+  each logged with the task id;
+- ``dispatch_async(...)`` returns a ``DispatchHandle`` (task id, status, wait);
+- ``dispatch_with_callback(..., on_success=sig, on_error=sig)`` takes Celery signatures: on
+  Celery they are ``link`` / ``link_error`` unchanged; on Postgres they become continuation specs.
+
+Arguments that can never work (a signature with no task name or queue, no callback at all, a
+timeout longer than result retention) are ``ValueError`` at the call, on both transports, so
+flipping the flag never changes which calls are valid.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, connections, transaction
+
+from pg_queue import results
+from pg_queue.conf import queue_settings
+from pg_queue.flags import FlagDecision, use_postgres
+from pg_queue.models import RoutingPin, Transport
+from pg_queue.payload import ContinuationSpec, coerce_json
+from pg_queue.producer import enqueue
+
+logger = logging.getLogger("pg_queue.routing")
+
+POSTGRES, CELERY = Transport.POSTGRES.value, Transport.CELERY.value
+
+#: Celery states mapped onto pg_queue's statuses.
+_CELERY_STATUS = {
+    "PENDING": results.QUEUED,
+    "RECEIVED": results.QUEUED,
+    "STARTED": results.RUNNING,
+    "RETRY": results.QUEUED,
+    "SUCCESS": results.SUCCEEDED,
+    "FAILURE": results.FAILED,
+    "REVOKED": results.CANCELLED,
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DispatchResult:
+    """What ``dispatch`` returns; ``ok`` False carries a human-readable ``error``."""
+
+    ok: bool
+    task_id: str
+    transport: str
+    result: Any = None
+    error: str = ""
+
+    @classmethod
+    def failure(cls, task_id: str, transport: str, error: str) -> DispatchResult:
+        return cls(ok=False, task_id=task_id, transport=transport, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchHandle:
+    """A dispatched call on either transport."""
+
+    task_id: str
+    transport: str
+    _celery_app: Any = None
+    using: str = "default"
+
+    def status(self) -> str:
+        """queued | running | succeeded | failed | cancelled | unknown."""
+        if self.transport == POSTGRES:
+            return results.TaskHandle(uuid.UUID(self.task_id), using=self.using).status()
+        state = self._celery_app.AsyncResult(self.task_id).state
+        return _CELERY_STATUS.get(state, results.UNKNOWN)
+
+    def wait(self, timeout: float) -> DispatchResult:
+        """Block up to ``timeout`` seconds; never raises."""
+        if self.transport == POSTGRES:
+            return _wait_postgres(self.task_id, timeout, self.using)
+        return _wait_celery(self._celery_app, self.task_id, timeout)
+
+
+def _wait_postgres(task_id: str, timeout: float, using: str) -> DispatchResult:
+    try:
+        outcome = results.TaskHandle(uuid.UUID(task_id), using=using).wait(timeout)
+    except Exception as exc:
+        logger.exception("wait failed task_id=%s transport=postgres", task_id)
+        return DispatchResult.failure(task_id, POSTGRES, f"{type(exc).__name__}: {exc}")
+    if outcome.status == results.SUCCEEDED:
+        return DispatchResult(ok=True, task_id=task_id, transport=POSTGRES, result=outcome.result)
+    if outcome.status in (results.FAILED, results.CANCELLED, results.TIMEOUT):
+        error = outcome.error or f"task {outcome.status}"
+        if outcome.status == results.TIMEOUT:
+            error = f"TimeoutError: {error}"
+        logger.warning(
+            "dispatch failed task_id=%s transport=postgres status=%s error=%s",
+            task_id,
+            outcome.status,
+            error,
+        )
+        return DispatchResult.failure(task_id, POSTGRES, error)
+    logger.error("malformed result task_id=%s status=%r", task_id, outcome.status)
+    return DispatchResult.failure(
+        task_id, POSTGRES, f"malformed result: unexpected status {outcome.status!r}"
+    )
+
+
+def _wait_celery(app: Any, task_id: str, timeout: float) -> DispatchResult:
+    try:
+        async_result = app.AsyncResult(task_id)
+        value = async_result.get(timeout=timeout, propagate=False)
+        state = async_result.state
+    except Exception as exc:  # TimeoutError, broker/backend errors
+        name = type(exc).__name__
+        error = f"TimeoutError: no result within {timeout}s" if "Timeout" in name else str(exc)
+        logger.warning("dispatch failed task_id=%s transport=celery error=%s", task_id, error)
+        return DispatchResult.failure(task_id, CELERY, error or name)
+    if state == "SUCCESS":
+        return DispatchResult(ok=True, task_id=task_id, transport=CELERY, result=value)
+    error = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else str(value)
+    logger.warning(
+        "dispatch failed task_id=%s transport=celery state=%s error=%s", task_id, state, error
+    )
+    return DispatchResult.failure(task_id, CELERY, error or f"task {state}")
+
+
+def signature_to_continuation(signature: Any, role: str) -> ContinuationSpec:
+    """A Celery signature as a continuation spec; ``ValueError`` names what is missing."""
+    if signature is None:
+        raise ValueError(f"{role} is None")
+    task_name = signature.get("task") if hasattr(signature, "get") else None
+    options = (signature.get("options") if hasattr(signature, "get") else None) or {}
+    queue = options.get("queue")
+    if not task_name:
+        raise ValueError(f"{role} signature has no task name")
+    if not queue:
+        raise ValueError(
+            f"{role} signature {task_name!r} has no queue: set one, e.g. sig.set(queue='...')"
+        )
+    args = list(signature.get("args") or ())
+    kwargs = dict(signature.get("kwargs") or {})
+    coerce_json(args, f"{role}.args")
+    coerce_json(kwargs, f"{role}.kwargs")
+    return ContinuationSpec(task_name=str(task_name), queue=str(queue), args=args, kwargs=kwargs)
+
+
+class RoutingDispatcher:
+    """Wraps a Celery app; every call reads the flag (or an execution's pin) first."""
+
+    def __init__(self, celery_app: Any, *, using: str = "default") -> None:
+        self.celery_app = celery_app
+        self.using = using
+
+    # --- deciding -----------------------------------------------------------------------------
+
+    def decide(self, *, task_name: str, queue: str, org_id: str = "") -> FlagDecision:
+        return use_postgres(task_name=task_name, queue=queue, org_id=org_id)
+
+    def pin(
+        self, execution_id: str, *, task_name: str = "", queue: str = "", org_id: str = ""
+    ) -> str:
+        """The transport of ``execution_id``: decided by the flag once, then fixed.
+
+        Every later call with the same execution id (any process) gets the same answer, so a
+        multi-step execution never spans both transports while the flag moves. If the pin
+        cannot be read or written, the answer is Celery (fail closed) and nothing is pinned.
+        """
+        try:
+            existing = RoutingPin.objects.using(self.using).filter(execution_id=execution_id)
+            row = existing.values_list("transport", flat=True).first()
+            if row is not None:
+                return str(row)
+            decision = self.decide(task_name=task_name, queue=queue, org_id=org_id)
+            transport = POSTGRES if decision.use_postgres else CELERY
+            try:
+                with transaction.atomic(using=self.using):
+                    RoutingPin.objects.using(self.using).create(
+                        execution_id=execution_id, transport=transport, reason=decision.reason
+                    )
+            except IntegrityError:  # another process pinned it first: theirs wins
+                won = existing.values_list("transport", flat=True).first()
+                return str(won) if won is not None else CELERY
+            return transport
+        except Exception:
+            logger.exception("pin failed execution_id=%s; routing to Celery", execution_id)
+            return CELERY
+
+    def _transport(self, task_name: str, queue: str, org_id: str, execution_id: str) -> str:
+        if execution_id:
+            return self.pin(execution_id, task_name=task_name, queue=queue, org_id=org_id)
+        decision = self.decide(task_name=task_name, queue=queue, org_id=org_id)
+        return POSTGRES if decision.use_postgres else CELERY
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        transport: str,
+        task_name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        queue: str,
+        org_id: str,
+        on_success: Any = None,
+        on_error: Any = None,
+    ) -> DispatchHandle:
+        if transport == POSTGRES:
+            handle = enqueue(
+                task_name,
+                args=args,
+                kwargs=kwargs,
+                queue=queue,
+                tenant_key=org_id,
+                on_success=signature_to_continuation(on_success, "on_success")
+                if on_success is not None
+                else None,
+                on_error=signature_to_continuation(on_error, "on_error")
+                if on_error is not None
+                else None,
+                using=self.using,
+            )
+            task_id = str(handle.task_id)
+        else:
+            sent = self.celery_app.send_task(
+                task_name,
+                args=args,
+                kwargs=kwargs,
+                queue=queue,
+                link=on_success,
+                link_error=on_error,
+                headers={"org_id": org_id} if org_id else None,
+            )
+            task_id = str(sent.id)
+        logger.info(
+            "dispatched task_id=%s task=%s queue=%s transport=%s org_id=%s",
+            task_id,
+            task_name,
+            queue,
+            transport,
+            org_id,
+        )
+        return DispatchHandle(task_id, transport, self.celery_app, self.using)
+
+    @staticmethod
+    def _check_args(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
+        if args is not None and not isinstance(args, list | tuple):
+            raise ValueError(f"args must be a list or tuple, got {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        return list(args or ()), dict(kwargs or {})
+
+    def dispatch(
+        self,
+        task_name: str,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str,
+        timeout: float,
+        org_id: str = "",
+        execution_id: str = "",
+    ) -> DispatchResult:
+        """Run the task and block for its result; never raises for failures or timeouts."""
+        args_list, kwargs_dict = self._check_args(args, kwargs)
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        retention = queue_settings().result_ttl_seconds
+        if timeout > retention:
+            raise ValueError(
+                f"timeout {timeout}s exceeds result retention RESULT_TTL_SECONDS={retention}s: "
+                "the result could expire before the caller reads it"
+            )
+        transport = self._transport(task_name, queue, org_id, execution_id)
+        if transport == POSTGRES and connections[self.using].in_atomic_block:
+            error = (
+                "dispatch() inside transaction.atomic(): the job would not be visible to workers "
+                "until commit, so a blocking wait cannot succeed; dispatch after the block"
+            )
+            logger.error("dispatch refused task=%s queue=%s: %s", task_name, queue, error)
+            return DispatchResult.failure("", transport, error)
+        try:
+            handle = self._send(transport, task_name, args_list, kwargs_dict, queue, org_id)
+        except Exception as exc:
+            logger.exception(
+                "dispatch enqueue failed task=%s queue=%s transport=%s", task_name, queue, transport
+            )
+            error = f"enqueue failed: {type(exc).__name__}: {exc}"
+            return DispatchResult.failure("", transport, error)
+        return handle.wait(timeout)
+
+    def dispatch_async(
+        self,
+        task_name: str,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str,
+        org_id: str = "",
+        execution_id: str = "",
+    ) -> DispatchHandle:
+        """Send the task and return its handle (enqueue errors propagate: nothing was sent)."""
+        args_list, kwargs_dict = self._check_args(args, kwargs)
+        transport = self._transport(task_name, queue, org_id, execution_id)
+        return self._send(transport, task_name, args_list, kwargs_dict, queue, org_id)
+
+    def dispatch_with_callback(
+        self,
+        task_name: str,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str,
+        on_success: Any = None,
+        on_error: Any = None,
+        org_id: str = "",
+        execution_id: str = "",
+    ) -> DispatchHandle:
+        """Send the task with callbacks (Celery signatures); returns its handle."""
+        if on_success is None and on_error is None:
+            raise ValueError(
+                "dispatch_with_callback needs on_success and/or on_error; "
+                "use dispatch_async for a call without callbacks"
+            )
+        # Validate on both transports, so the flag never changes which calls are valid.
+        for sig, role in ((on_success, "on_success"), (on_error, "on_error")):
+            if sig is not None:
+                signature_to_continuation(sig, role)
+        args_list, kwargs_dict = self._check_args(args, kwargs)
+        transport = self._transport(task_name, queue, org_id, execution_id)
+        return self._send(
+            transport, task_name, args_list, kwargs_dict, queue, org_id, on_success, on_error
+        )
