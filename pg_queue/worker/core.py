@@ -148,6 +148,7 @@ class Worker:
         time_limit: float | None = None,
         exit_on_time_limit: bool = False,
         health_file: str | None = None,
+        notify: bool | None = None,
         database: str = "default",
         on_progress: Callable[[WorkerStats], None] | None = None,
     ) -> None:
@@ -188,7 +189,8 @@ class Worker:
         self._running: dict[int, tuple[Job, float, float]] = {}
         self._running_lock = threading.Lock()
         self._next_limit_check = 0.0
-        self._notify_results = conf.notify
+        self.notify = conf.notify if notify is None else notify
+        self._notify_results = self.notify
         self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
         self._conn: psycopg.Connection[Any] | None = None
@@ -529,7 +531,7 @@ class Worker:
         for i in range(self.concurrency):
             self._spawn(self._task_loop, f"pg-queue-task-{i}")
         self._spawn(self._heartbeat_loop, "pg-queue-heartbeat")
-        if self.conf.notify:
+        if self.notify:
             self._listener = Listener(NOTIFY_CHANNEL, self._on_notify, self._connect)
             if not self._listener.start():
                 # Behind transaction pooling nobody can LISTEN; stop paying for NOTIFY too.

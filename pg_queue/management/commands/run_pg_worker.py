@@ -67,6 +67,11 @@ class Command(BaseCommand):
             "--health-port", type=int, default=None, help="serve /healthz and /metrics on PORT"
         )
         parser.add_argument("--health-host", default="127.0.0.1", help="address for --health-port")
+        parser.add_argument(
+            "--no-notify",
+            action="store_true",
+            help="no LISTEN/NOTIFY wake-ups, poll only (e.g. behind PgBouncer)",
+        )
         parser.add_argument("--child-health-file", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -91,6 +96,7 @@ class Command(BaseCommand):
             time_limit=options["time_limit"],
             exit_on_time_limit=options["child_health_file"] is not None,
             health_file=options["child_health_file"],
+            notify=False if options["no_notify"] else None,
         )
         logger.info(
             "tasks known native=%d celery=%d modules=%s",
@@ -154,6 +160,8 @@ class Command(BaseCommand):
                 child_args += [f"--{flag.replace('_', '-')}", str(options[flag])]
         if options["burst"]:
             child_args.append("--burst")
+        if options["no_notify"]:
+            child_args.append("--no-notify")
         for module in options["include"]:
             child_args += ["--include", module]
         supervisor = Supervisor(

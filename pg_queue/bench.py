@@ -1,0 +1,348 @@
+"""The benchmark workloads behind ``manage.py pg_queue_bench``.
+
+Each workload starts its own worker processes (``run_pg_worker`` with production defaults unless
+stated), measures from the database's point of view, and deletes its rows afterwards. Figures
+are meant to be compared as ratios within one run on one machine, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection, transaction
+
+from pg_queue.bench_tasks import BENCH_QUEUE
+from pg_queue.producer import enqueue, enqueue_many, job
+from pg_queue.results import TaskHandle
+
+NOOP, ECHO = "pg_queue.bench.noop", "pg_queue.bench.echo"
+#: Longest any single workload may run before it is abandoned (every wait has a timeout).
+WORKLOAD_TIMEOUT = 900.0
+
+Progress = Callable[[str, float, float], None]  # (description, completed, total)
+
+
+@dataclass
+class Figures:
+    """One workload's result line."""
+
+    workload: str
+    variant: str
+    n: int
+    jobs_per_s: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"workload": self.workload, "variant": self.variant, "n": self.n}
+        for key in ("jobs_per_s", "p50_ms", "p95_ms", "p99_ms"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = round(value, 2)
+        out.update(self.extra)
+        return out
+
+
+def _percentiles(values_ms: list[float]) -> tuple[float, float, float]:
+    if not values_ms:
+        return (float("nan"),) * 3
+    ordered = sorted(values_ms)
+    qs = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else None
+
+    def pick(p: int) -> float:
+        return ordered[0] if qs is None else qs[p - 1]
+
+    return pick(50), pick(95), pick(99)
+
+
+def _scalar(sql: str, params: Any = None) -> Any:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def cleanup() -> None:
+    """Remove every row the benchmark created (its own queue only)."""
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pg_queue_message WHERE queue_name = %s", [BENCH_QUEUE])
+        cursor.execute("DELETE FROM pg_task_result WHERE queue_name = %s", [BENCH_QUEUE])
+        cursor.execute("DELETE FROM pg_queue_dead_letter WHERE queue_name = %s", [BENCH_QUEUE])
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE pg_queue_message")
+
+
+class WorkerProcess:
+    """A ``run_pg_worker`` subprocess on the bench queue; always stopped by ``stop()``."""
+
+    def __init__(self, *args: str, notify: bool = True) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "django",
+            "run_pg_worker",
+            "--queues",
+            BENCH_QUEUE,
+            "--include",
+            "pg_queue.bench_tasks",
+            *([] if notify else ["--no-notify"]),
+            *args,
+        ]
+        env = {**os.environ, "PG_QUEUE_LOG_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.peak_rss_kb = 0
+
+    def sample_rss(self) -> None:
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
+        except OSError:
+            pass
+
+    def wait_registered(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early: {self.stderr_tail()}")
+            found = _scalar("SELECT count(*) FROM pg_worker WHERE pid = %s", [self.proc.pid])
+            if found:
+                time.sleep(0.5)  # let its listener finish the self-probe
+                return
+            time.sleep(0.05)
+        raise RuntimeError("worker did not register within 30s")
+
+    def stderr_tail(self) -> str:
+        try:
+            _, err = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            return ""
+        return (err or "")[-2000:]
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(f"worker did not exit within {timeout}s") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def _bulk(task_name: str, n: int, start: int = 0, delay: float | None = None) -> float:
+    """Enqueue ``n`` jobs with the bulk path in 10k chunks; returns seconds taken."""
+    t0 = time.perf_counter()
+    chunk = 10_000
+    for lo in range(start, start + n, chunk):
+        hi = min(start + n, lo + chunk)
+        with transaction.atomic():
+            enqueue_many(job(task_name, [i], delay=delay) for i in range(lo, hi))
+    return time.perf_counter() - t0
+
+
+def _measure_drain(
+    worker: WorkerProcess, target_left: int, total: int, progress: Progress | None, label: str
+) -> tuple[float, float]:
+    """Poll the ready count until it is <= target_left; return (first_claim, done) times."""
+    first: float | None = None
+    deadline = time.monotonic() + WORKLOAD_TIMEOUT
+    poll = 0.02 if total <= 50_000 else 0.2
+    start_count = None
+    while time.monotonic() < deadline:
+        left = _scalar(
+            "SELECT count(*) FROM pg_queue_message WHERE queue_name = %s AND state = 'ready' "
+            "AND available_at <= now()",
+            [BENCH_QUEUE],
+        )
+        now = time.perf_counter()
+        if start_count is None:
+            start_count = left
+        if first is None and left < start_count:
+            first = now
+        worker.sample_rss()
+        if progress is not None:
+            progress(label, float(start_count - left), float(start_count - target_left))
+        if left <= target_left:
+            # The last claimed batch is still running; wait for the claimed rows to go too.
+            while (
+                _scalar(
+                    "SELECT count(*) FROM pg_queue_message WHERE queue_name = %s AND state = "
+                    "'claimed'",
+                    [BENCH_QUEUE],
+                )
+                and time.monotonic() < deadline
+            ):
+                time.sleep(poll / 2)
+            return first or now, time.perf_counter()
+        if worker.proc.poll() is not None:
+            raise RuntimeError(f"worker exited mid-drain: {worker.stderr_tail()}")
+        time.sleep(poll)
+    raise RuntimeError("drain did not finish in time")
+
+
+def workload_drain(n: int, store_results: bool, progress: Progress | None = None) -> Figures:
+    """W1: drain ``n`` pre-enqueued no-op jobs with one worker command (default settings)."""
+    cleanup()
+    _bulk(ECHO if store_results else NOOP, n)
+    worker = WorkerProcess("--burst")
+    try:
+        first, done = _measure_drain(worker, 0, n, progress, "drain")
+        worker.wait_exit(60)
+    finally:
+        worker.stop()
+    cleanup()
+    return Figures(
+        "drain",
+        "results stored" if store_results else "results off",
+        n,
+        jobs_per_s=n / max(done - first, 1e-9),
+        extra={"worker_rss_mb": round(worker.peak_rss_kb / 1024, 1)},
+    )
+
+
+def workload_enqueue(n: int, progress: Progress | None = None) -> list[Figures]:
+    """W2: one durable call per job (autocommit), then the bulk path."""
+    cleanup()
+    t0 = time.perf_counter()
+    for i in range(n):
+        enqueue(NOOP, [i])
+        if progress is not None and i % 100 == 0:
+            progress("enqueue one by one", float(i), float(n))
+    single = n / (time.perf_counter() - t0)
+    cleanup()
+    bulk_n = max(n * 10, 100_000)
+    seconds = _bulk(NOOP, bulk_n)
+    cleanup()
+    return [
+        Figures("enqueue", "one call per job", n, jobs_per_s=single),
+        Figures("enqueue", "bulk (COPY)", bulk_n, jobs_per_s=bulk_n / seconds),
+    ]
+
+
+def _task_latencies_ms(task_ids: list[str]) -> list[float]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXTRACT(EPOCH FROM started_at - enqueued_at) * 1000 FROM pg_task_result "
+            "WHERE task_id = ANY(%s::uuid[])",
+            [task_ids],
+        )
+        return [float(r[0]) for r in cursor.fetchall()]
+
+
+def workload_latency(
+    n: int, notify: bool, gap: float = 0.02, progress: Progress | None = None
+) -> Figures:
+    """W3: enqueue-to-start latency, ``n`` jobs ``gap`` seconds apart, idle worker."""
+    cleanup()
+    worker = WorkerProcess(notify=notify)
+    try:
+        worker.wait_registered()
+        ids = []
+        next_at = time.perf_counter()
+        for i in range(n):
+            ids.append(str(enqueue(ECHO, [i]).task_id))
+            if progress is not None and i % 20 == 0:
+                progress("latency", float(i), float(n))
+            next_at += gap
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+        deadline = time.monotonic() + 60
+        while (
+            time.monotonic() < deadline
+            and _scalar(
+                "SELECT count(*) FROM pg_task_result WHERE task_id = ANY(%s::uuid[])", [ids]
+            )
+            < n
+        ):
+            time.sleep(0.05)
+        lat = _task_latencies_ms(ids)
+    finally:
+        worker.stop()
+    cleanup()
+    p50, p95, p99 = _percentiles(lat)
+    return Figures(
+        "latency", "wake-ups on" if notify else "wake-ups off (poll)", n, None, p50, p95, p99
+    )
+
+
+def workload_rpc(n: int, notify: bool, progress: Progress | None = None) -> Figures:
+    """W4: blocking call-and-wait round trips, sequential."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    cleanup()
+    worker = WorkerProcess(notify=notify)
+    try:
+        worker.wait_registered()
+        overridden = {**getattr(settings, "PG_QUEUE", {}), "NOTIFY": notify}
+        samples = []
+        with override_settings(PG_QUEUE=overridden):
+            for i in range(n):
+                t0 = time.perf_counter()
+                outcome = TaskHandle(enqueue(ECHO, [i]).task_id).wait(timeout=30)
+                samples.append((time.perf_counter() - t0) * 1000)
+                if not outcome.ok or outcome.result != i:
+                    raise RuntimeError(f"rpc call {i} failed: {outcome}")
+                if progress is not None and i % 20 == 0:
+                    progress("rpc", float(i), float(n))
+    finally:
+        worker.stop()
+    cleanup()
+    p50, p95, p99 = _percentiles(samples)
+    variant = "wake-ups on" if notify else "wake-ups off (poll)"
+    return Figures("rpc", variant, n, None, p50, p95, p99)
+
+
+def workload_scale(n_deep: int, n_sample: int, progress: Progress | None = None) -> list[Figures]:
+    """Drain rate of ``n_sample`` jobs from a queue ``n_deep`` deep (+10% future-dated rows),
+    against the rate from a queue only ``n_sample`` deep; and the bulk enqueue of the deep one."""
+    shallow = workload_drain(n_sample, store_results=False, progress=progress)
+    cleanup()
+    seconds = _bulk(NOOP, n_deep)
+    _bulk(NOOP, n_deep // 10, start=n_deep, delay=3600.0)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE pg_queue_message")
+    worker = WorkerProcess()
+    try:
+        first, done = _measure_drain(worker, n_deep - n_sample, n_sample, progress, "deep drain")
+    finally:
+        worker.stop()
+    cleanup()
+    deep_rate = n_sample / max(done - first, 1e-9)
+    return [
+        Figures("scale", f"bulk enqueue of {n_deep:,}", n_deep, jobs_per_s=n_deep / seconds),
+        Figures(
+            "scale",
+            f"drain {n_sample:,} from {n_deep:,} deep (+{n_deep // 10:,} future)",
+            n_sample,
+            jobs_per_s=deep_rate,
+            extra={"ratio_to_shallow": round(deep_rate / (shallow.jobs_per_s or 1), 3)},
+        ),
+        Figures(
+            "scale",
+            f"drain {n_sample:,} from {n_sample:,} deep",
+            n_sample,
+            jobs_per_s=shallow.jobs_per_s,
+        ),
+    ]

@@ -1,0 +1,110 @@
+"""``manage.py pg_queue_bench``: the standard workloads, measured on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pg_queue import bench
+from pg_queue.conf import queue_settings
+
+WORKLOADS = ("drain", "enqueue", "latency", "rpc", "scale", "all")
+DEFAULT_N = {"drain": 20_000, "enqueue": 5_000, "latency": 1_000, "rpc": 500, "scale": 1_000_000}
+
+
+class Command(BaseCommand):
+    help = "Benchmark pg_queue: drain, enqueue, latency, rpc and scale workloads."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--workload", choices=WORKLOADS, default="all")
+        parser.add_argument("--n", type=int, default=None, help="jobs (default per workload)")
+        parser.add_argument("--json", action="store_true", help="one JSON line per figure")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        n = options["n"]
+        if n is not None and n < 1:
+            raise CommandError(f"--n must be >= 1, got {n}")
+        console = Console(stderr=options["json"])
+        conf = queue_settings()
+        console.print(
+            f"pg_queue bench: worker defaults concurrency={conf.concurrency} "
+            f"batch={conf.batch_size} lease={conf.lease_seconds}s notify={conf.notify} "
+            f"prepared={conf.prepared_statements}; database "
+            f"{os.environ.get('PG_QUEUE_DATABASE_SOURCE', 'DATABASE_URL')}"
+        )
+        figures: list[bench.Figures] = []
+        chosen = WORKLOADS[:-1] if options["workload"] == "all" else (options["workload"],)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            bars: dict[str, TaskID] = {}
+
+            def report(label: str, done: float, total: float) -> None:
+                if label not in bars:
+                    bars[label] = progress.add_task(label, total=total)
+                progress.update(bars[label], completed=done, total=total)
+
+            try:
+                for workload in chosen:
+                    figures += self._run(workload, n or DEFAULT_N[workload], report)
+            finally:
+                bench.cleanup()
+        if options["json"]:
+            for f in figures:
+                self.stdout.write(json.dumps(f.as_dict()))
+        else:
+            console.print(_table(figures))
+
+    @staticmethod
+    def _run(workload: str, n: int, report: bench.Progress) -> list[bench.Figures]:
+        if workload == "drain":
+            return [
+                bench.workload_drain(n, store_results=False, progress=report),
+                bench.workload_drain(n, store_results=True, progress=report),
+            ]
+        if workload == "enqueue":
+            return bench.workload_enqueue(n, progress=report)
+        if workload == "latency":
+            return [
+                bench.workload_latency(n, notify=True, progress=report),
+                bench.workload_latency(n, notify=False, progress=report),
+            ]
+        if workload == "rpc":
+            return [
+                bench.workload_rpc(n, notify=True, progress=report),
+                bench.workload_rpc(n, notify=False, progress=report),
+            ]
+        return bench.workload_scale(n, min(20_000, max(1, n // 10)), progress=report)
+
+
+def _table(figures: list[bench.Figures]) -> Table:
+    table = Table(title="pg_queue benchmark")
+    for column in ("workload", "variant", "n", "jobs/s", "p50 ms", "p95 ms", "p99 ms", "notes"):
+        table.add_column(column, justify="left" if column in ("workload", "variant") else "right")
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
+    for f in figures:
+        table.add_row(
+            f.workload,
+            f.variant,
+            f"{f.n:,}",
+            fmt(f.jobs_per_s, ",.0f"),
+            fmt(f.p50_ms, ".2f"),
+            fmt(f.p95_ms, ".2f"),
+            fmt(f.p99_ms, ".2f"),
+            " ".join(f"{k}={v}" for k, v in f.extra.items()),
+        )
+    return table
