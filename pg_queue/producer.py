@@ -61,6 +61,16 @@ class _Row:
     dedup_key: str | None
 
 
+#: Column widths of pg_queue_message; checked here so a long name is a ValueError at the call,
+#: not a DataError that aborts the caller's transaction.
+QUEUE_NAME_MAX, TASK_NAME_MAX, TENANT_KEY_MAX, KEY_MAX = 200, 300, 200, 300
+
+
+def _check_length(label: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise ValueError(f"{label} is {len(value)} characters long; the limit is {limit}")
+
+
 def _validate(spec: JobSpec) -> _Row:
     """Apply task defaults and check every field; errors name the problem."""
     if not isinstance(spec.task_name, str) or not spec.task_name:
@@ -78,14 +88,28 @@ def _validate(spec: JobSpec) -> _Row:
     opts = spec.options
     queue = opts.queue or (known.queue if known else conf.default_queue)
     priority = opts.priority if opts.priority is not None else (known.priority if known else 0)
-    max_attempts = opts.max_attempts or _default_max_attempts(spec.task_name, known)
+    max_attempts = (
+        _default_max_attempts(spec.task_name, known)
+        if opts.max_attempts is None
+        else opts.max_attempts
+    )
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be an int, got {type(priority).__name__} {priority!r}")
     if not -32768 <= priority <= 32767:
         raise ValueError(f"priority must fit a smallint (-32768..32767), got {priority}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
     delay = float(opts.delay or 0.0)
-    if delay < 0:
-        raise ValueError(f"delay must be >= 0 seconds, got {delay}")
+    if not 0 <= delay < float("inf"):  # also refuses NaN, which the database cannot add
+        raise ValueError(f"delay must be a finite number >= 0 seconds, got {delay}")
+    _check_length("queue", queue, QUEUE_NAME_MAX)
+    _check_length("task name", spec.task_name, TASK_NAME_MAX)
+    _check_length("tenant_key", opts.tenant_key or "", TENANT_KEY_MAX)
+    for label, key in (("dedup_key", opts.dedup_key), ("resource_key", opts.resource_key)):
+        if key is not None:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{label} must be a non-empty string or None, got {key!r}")
+            _check_length(label, key, KEY_MAX)
     if opts.eta is not None and opts.delay is not None:
         raise ValueError("give delay or eta, not both")
     if opts.eta is not None and opts.eta.tzinfo is None:

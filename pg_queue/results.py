@@ -221,4 +221,11 @@ class _ResultWaiters:
 
 
 _waiters = _ResultWaiters()
-atexit.register(_waiters.stop)
+
+
+def stop_result_listener() -> None:
+    """Close this process's result LISTEN connection (atexit does it too; tests call it)."""
+    _waiters.stop()
+
+
+atexit.register(stop_result_listener)

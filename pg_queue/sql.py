@@ -13,10 +13,10 @@ Parameters are named (``%(name)s``); arrays are passed as Python lists.
 MESSAGE_INSERT = """
 WITH ins AS (
     INSERT INTO pg_queue_message (
-        task_id, queue_name, task_name, payload, priority, available_at, max_attempts,
-        tenant_key, resource_key, dedup_key
+        task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
+        max_attempts, tenant_key, resource_key, dedup_key
     ) VALUES (
-        %(task_id)s, %(queue)s, %(task_name)s, %(payload)s::jsonb, %(priority)s,
+        %(task_id)s, %(queue)s, %(task_name)s, %(payload)s::jsonb, %(priority)s, now(),
         COALESCE(%(eta)s::timestamptz, now() + make_interval(secs => %(delay)s)),
         %(max_attempts)s, %(tenant_key)s, %(resource_key)s, %(dedup_key)s
     )
@@ -40,10 +40,10 @@ COPY pg_queue_message (
 #: Bulk path for delayed jobs: one statement per chunk.
 MESSAGE_INSERT_MANY = """
 INSERT INTO pg_queue_message (
-    task_id, queue_name, task_name, payload, priority, available_at, max_attempts,
-    tenant_key, resource_key
+    task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
+    max_attempts, tenant_key, resource_key
 )
-SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority,
+SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority, now(),
        COALESCE(t.eta, now() + make_interval(secs => t.delay)), t.max_attempts,
        t.tenant_key, t.resource_key
 FROM unnest(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,19 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
         test = db_settings.setdefault("TEST", {})
         base = test.get("NAME") or f"test_{db_settings['NAME']}"
         test["NAME"] = f"{base}_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's test database, plus: close process-wide listeners before it is dropped.
+
+    ``TaskHandle.wait`` may start one LISTEN connection per process (kept for the process's
+    life); left open, it would make dropping the test database fail.
+    """
+    yield
+    from pg_queue.results import stop_result_listener
+
+    stop_result_listener()
 
 
 def database_url(settings_dict: Mapping[str, Any]) -> str:
@@ -153,7 +165,10 @@ class BackgroundWorker:
 
 @pytest.fixture
 def background_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., BackgroundWorker]]:
-    """``background_worker(*flags)`` starts ``run_pg_worker --burst *flags``; stopped at teardown."""
+    """``background_worker(*flags)`` starts ``run_pg_worker --burst *flags``.
+
+    Whatever is still running at teardown is stopped (SIGTERM, then SIGKILL).
+    """
     started: list[BackgroundWorker] = []
 
     def start(*flags: str) -> BackgroundWorker:
@@ -164,14 +179,3 @@ def background_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., Back
     yield start
     for worker in started:
         worker.stop()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; returns the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)

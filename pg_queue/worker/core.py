@@ -387,6 +387,9 @@ class Worker:
             except TaskNotFound as exc:
                 self._reject(msg, DeadLetterReason.UNKNOWN_TASK, str(exc))
                 continue
+            except Exception as exc:  # a payload we cannot make sense of must not kill us
+                self._reject(msg, DeadLetterReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
+                continue
             if msg.attempts > msg.max_attempts:
                 self._reject(
                     msg,

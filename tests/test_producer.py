@@ -1,0 +1,300 @@
+"""Enqueue against a real PostgreSQL: transactions, validation, coercion, dedup, bulk paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import connection, transaction
+
+from pg_queue import claim
+from pg_queue.exceptions import PayloadError
+from pg_queue.models import QueueMessage
+from pg_queue.producer import enqueue, enqueue_many, job
+from workers import tasks
+
+
+def db_now() -> dt.datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        return cursor.fetchone()[0]
+
+
+def assert_offset(row: QueueMessage, seconds: float) -> None:
+    """available_at is ``seconds`` after enqueue, by the database clock.
+
+    Within a second, not exactly: raw SQL ``now()`` is the transaction's start, while the
+    ``enqueued_at`` default (Django's ``Now()``) is the statement's.
+    """
+    offset = (row.available_at - row.enqueued_at).total_seconds()
+    assert abs(offset - seconds) < 1.0, (row.available_at, row.enqueued_at, seconds)
+
+
+@pytest.mark.django_db
+def test_enqueue_inserts_one_ready_row_with_task_defaults():
+    handle = tasks.always_fails.enqueue("why")
+    row = QueueMessage.objects.get(task_id=handle.task_id)
+    assert (row.task_name, row.queue_name) == ("workers.tasks.always_fails", "default")
+    assert handle.task_name == row.task_name
+    assert handle.queue_name == row.queue_name
+    assert row.state == "ready"
+    assert row.attempts == 0
+    assert row.max_attempts == 2  # the task's own default, not the global 3
+    assert row.payload == {"args": ["why"], "kwargs": {}}
+    assert_offset(row, 0)
+    assert handle.status() == "queued"
+
+
+@pytest.mark.django_db
+def test_call_options_override_task_defaults():
+    handle = enqueue(
+        "workers.tasks.echo",
+        [1],
+        queue="other",
+        priority=7,
+        max_attempts=9,
+        tenant_key="org-1",
+        resource_key="printer",
+    )
+    row = QueueMessage.objects.get(task_id=handle.task_id)
+    assert (row.queue_name, row.priority, row.max_attempts) == ("other", 7, 9)
+    assert (row.tenant_key, row.resource_key, row.dedup_key) == ("org-1", "printer", None)
+
+
+class Boom(Exception):
+    """The business write failed after the enqueue."""
+
+
+@pytest.mark.django_db
+def test_enqueue_inside_rolled_back_atomic_leaves_no_row():
+    handles = []
+
+    def business_write_that_fails() -> None:
+        with transaction.atomic():
+            handles.append(enqueue("workers.tasks.echo", [1]))
+            assert QueueMessage.objects.filter(task_id=handles[0].task_id).exists()
+            raise Boom
+
+    with pytest.raises(Boom):
+        business_write_that_fails()
+    assert not QueueMessage.objects.filter(task_id=handles[0].task_id).exists()
+    assert QueueMessage.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_enqueue_many_inside_rolled_back_atomic_leaves_no_row():
+    def business_write_that_fails() -> None:
+        with transaction.atomic():
+            enqueue_many(
+                [
+                    job("workers.tasks.echo", [1]),
+                    job("workers.tasks.echo", [2], delay=30),
+                    job("workers.tasks.echo", [3], dedup_key="k"),
+                ]
+            )
+            assert QueueMessage.objects.count() == 3
+            raise Boom
+
+    with pytest.raises(Boom):
+        business_write_that_fails()
+    assert QueueMessage.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_json_coercion_stores_dates_uuids_decimals_and_tuples_as_json():
+    ident = uuid.uuid4()
+    when = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
+    handle = enqueue(
+        "workers.tasks.echo",
+        (dt.date(2026, 5, 1), ident),
+        {"when": when, "amount": Decimal("9.99"), "pair": (1, (2, 3))},
+    )
+    row = QueueMessage.objects.get(task_id=handle.task_id)
+    assert row.payload == {
+        "args": ["2026-05-01", str(ident)],
+        "kwargs": {"when": "2026-05-01T12:00:00+00:00", "amount": "9.99", "pair": [1, [2, 3]]},
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "kwargs", "path"),
+    [
+        ((), {"when": object()}, "kwargs['when']"),
+        ((1, float("nan")), {}, "args[1]"),
+        ((), {"a": {"b": [0, 1, b"x"]}}, "kwargs['a']['b'][2]"),
+        ((), {"tags": {"x"}}, "kwargs['tags']"),
+        ((), {"m": {3: "three"}}, "kwargs['m']"),
+    ],
+)
+def test_invalid_argument_is_a_value_error_naming_the_path_and_inserts_nothing(args, kwargs, path):
+    with pytest.raises(ValueError, match=re.escape(path)) as info:
+        enqueue("workers.tasks.echo", args, kwargs)
+    assert isinstance(info.value, PayloadError)
+    assert QueueMessage.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_one_bad_spec_rejects_the_whole_enqueue_many_batch():
+    specs = [job("workers.tasks.echo", [i]) for i in range(10)]
+    specs.insert(5, job("workers.tasks.echo", [1, {"x": float("nan")}]))
+    specs.append(job("workers.tasks.echo", [1], delay=5))
+    specs.append(job("workers.tasks.echo", [1], dedup_key="d"))
+    with pytest.raises(ValueError, match=re.escape("args[1]['x']")):
+        enqueue_many(specs)
+    assert QueueMessage.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"priority": 40_000}, "smallint"),
+        ({"delay": -1}, "delay must be a finite number >= 0"),
+        ({"eta": dt.datetime(2030, 1, 1)}, "timezone-aware"),
+        ({"eta": dt.datetime(2030, 1, 1, tzinfo=dt.UTC), "delay": 5}, "not both"),
+        ({"max_attempts": -1}, "max_attempts must be >= 1"),
+        ({"max_attempts": 0}, "max_attempts must be >= 1"),  # not "use the default"
+        ({"delay": float("nan")}, "delay must be"),
+        ({"delay": float("inf")}, "delay must be"),
+    ],
+)
+def test_bad_enqueue_options_are_value_errors_and_insert_nothing(options, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        enqueue("workers.tasks.echo", [1], **options)
+    assert QueueMessage.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_refused_enqueue_leaves_the_callers_transaction_usable():
+    """Bad input is caught before any SQL, so it cannot abort the caller's transaction."""
+    with transaction.atomic():
+        for bad in ({"delay": float("nan")}, {"kwargs": {"x": object()}}):
+            with pytest.raises(ValueError, match=r"delay must be|kwargs\['x'\]"):
+                enqueue("workers.tasks.echo", [1], **bad)
+        handle = enqueue("workers.tasks.echo", [2])
+        assert QueueMessage.objects.filter(task_id=handle.task_id).exists()
+    assert QueueMessage.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "kwargs", "fragment"),
+    [("abc", {}, "args"), ([], ["x"], "kwargs"), ([], {}, "task name")],
+)
+def test_args_must_be_a_list_and_kwargs_a_dict(args, kwargs, fragment):
+    name = "" if fragment == "task name" else "workers.tasks.echo"
+    with pytest.raises(ValueError, match=fragment):
+        enqueue(name, args, kwargs)
+    assert QueueMessage.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_delay_sets_available_at_from_the_database_clock():
+    handle = enqueue("workers.tasks.echo", [1], delay=90)
+    row = QueueMessage.objects.get(task_id=handle.task_id)
+    assert_offset(row, 90)
+
+
+@pytest.mark.django_db
+def test_eta_sets_available_at_exactly():
+    eta = dt.datetime(2031, 3, 4, 5, 6, 7, 123456, tzinfo=dt.UTC)
+    handle = enqueue("workers.tasks.echo", [1], eta=eta)
+    assert QueueMessage.objects.get(task_id=handle.task_id).available_at == eta
+
+
+@pytest.mark.django_db
+def test_dedup_key_returns_the_live_duplicate_and_inserts_no_row():
+    first = enqueue("workers.tasks.echo", [1], dedup_key="report:42")
+    second = enqueue("workers.tasks.echo", [2], dedup_key="report:42")
+    assert second.task_id == first.task_id
+    assert (second.task_name, second.queue_name) == ("workers.tasks.echo", "default")
+    assert QueueMessage.objects.count() == 1
+    assert QueueMessage.objects.get().payload["args"] == [1]  # the first one wins
+    other = enqueue("workers.tasks.echo", [3], dedup_key="report:43")
+    assert other.task_id != first.task_id
+    assert QueueMessage.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_enqueue_many_copies_immediate_jobs_in_order_with_their_handles():
+    handles = enqueue_many(job("workers.tasks.echo", [i], priority=i % 3) for i in range(1000))
+    assert len(handles) == 1000
+    rows = {r.task_id: r for r in QueueMessage.objects.all()}
+    assert len(rows) == 1000
+    for i, handle in enumerate(handles):
+        row = rows[handle.task_id]
+        assert row.payload == {"args": [i], "kwargs": {}}
+        assert (row.priority, row.state, row.attempts) == (i % 3, "ready", 0)
+        assert_offset(row, 0)
+        assert row.max_attempts == 3
+    assert enqueue_many([]) == []
+
+
+@pytest.mark.django_db
+def test_enqueue_many_with_delayed_rows_sets_available_at_per_row():
+    eta = dt.datetime(2032, 1, 1, tzinfo=dt.UTC)
+    handles = enqueue_many(
+        [
+            job("workers.tasks.echo", [0]),
+            job("workers.tasks.echo", [1], delay=60),
+            job("workers.tasks.echo", [2], eta=eta),
+            job("workers.tasks.echo", [3], delay=2.5, queue="slow", max_attempts=5),
+        ]
+    )
+    rows = [QueueMessage.objects.get(task_id=h.task_id) for h in handles]
+    assert [r.payload["args"] for r in rows] == [[0], [1], [2], [3]]
+    assert_offset(rows[0], 0)
+    assert_offset(rows[1], 60)
+    assert rows[2].available_at == eta
+    assert_offset(rows[3], 2.5)
+    assert (rows[3].queue_name, rows[3].max_attempts) == ("slow", 5)
+
+
+@pytest.mark.django_db
+def test_enqueue_many_with_dedup_keys_returns_existing_task_ids():
+    existing = enqueue("workers.tasks.echo", [0], dedup_key="a")
+    handles = enqueue_many(
+        [
+            job("workers.tasks.echo", [1], dedup_key="a"),  # live duplicate in the table
+            job("workers.tasks.echo", [2], dedup_key="b"),
+            job("workers.tasks.echo", [3], dedup_key="b"),  # duplicate within the batch
+            job("workers.tasks.echo", [4], dedup_key="c", delay=30),
+            job("workers.tasks.echo", [5]),
+        ]
+    )
+    assert handles[0].task_id == existing.task_id
+    assert handles[2].task_id == handles[1].task_id
+    assert len({h.task_id for h in handles}) == 4
+    assert QueueMessage.objects.count() == 4  # a (the existing row), b, c, plain
+    by_key = {r.dedup_key: r for r in QueueMessage.objects.exclude(dedup_key=None)}
+    assert by_key["a"].payload["args"] == [0]
+    assert by_key["b"].payload["args"] == [2]
+    assert_offset(by_key["c"], 30)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dedup_key_is_free_again_after_the_first_job_finishes():
+    first = enqueue("workers.tasks.echo", [1], dedup_key="sync:7")
+    with claim.worker_connection() as conn:
+        [msg] = claim.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+        # Still live while claimed: a second enqueue joins it.
+        assert enqueue("workers.tasks.echo", [2], dedup_key="sync:7").task_id == first.task_id
+        assert claim.message_ack(conn, [claim.Success(msg, "1", db_now())], ttl=60) == {msg.msg_id}
+    again = enqueue("workers.tasks.echo", [3], dedup_key="sync:7")
+    assert again.task_id != first.task_id
+    assert QueueMessage.objects.get().task_id == again.task_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dedup_key_is_free_again_after_the_first_job_is_dead_lettered():
+    first = enqueue("workers.tasks.echo", [1], dedup_key="sync:8", max_attempts=1)
+    with claim.worker_connection() as conn:
+        [msg] = claim.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+        buried = claim.message_bury(conn, [claim.Bury(msg, "exhausted", "boom", "", None)], ttl=60)
+        assert buried == {msg.msg_id}
+    again = enqueue("workers.tasks.echo", [2], dedup_key="sync:8")
+    assert again.task_id != first.task_id

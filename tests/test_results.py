@@ -1,0 +1,75 @@
+"""``TaskHandle``: status and ``wait`` report outcomes as values and never raise for them."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import transaction
+
+from pg_queue.exceptions import WaitInTransactionError
+from pg_queue.producer import enqueue
+from pg_queue.results import TaskHandle
+from workers import tasks
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_wait_returns_succeeded_and_failed_outcomes_without_raising(background_worker):
+    ok = tasks.add.enqueue(20, 22)
+    text = tasks.echo.enqueue("hello")
+    structured = tasks.echo.enqueue({"a": [1, None, True]})
+    bad = tasks.always_fails.enqueue("nope")
+    worker = background_worker("--concurrency", "4")
+
+    outcome = ok.wait(timeout=60)
+    assert (outcome.status, outcome.result, outcome.ok, outcome.error) == (
+        "succeeded",
+        42,
+        True,
+        "",
+    )
+    assert outcome.task_id == ok.task_id
+    assert outcome.attempts == 1
+    assert text.wait(timeout=60).result == "hello"
+    assert structured.wait(timeout=60).result == {"a": [1, None, True]}
+
+    failed = bad.wait(timeout=60)
+    assert (failed.status, failed.ok, failed.result) == ("failed", False, None)
+    assert failed.error == "ValueError: nope"
+    assert "Traceback" in failed.traceback
+    assert failed.attempts == 2
+
+    code, output = worker.finish()
+    assert code == 0, output
+    assert ok.status() == "succeeded"
+    assert bad.status() == "failed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_times_out_as_a_value_for_a_job_nobody_runs():
+    handle = enqueue("workers.tasks.echo", [1], queue="nobody-listens-here")
+    outcome = handle.wait(timeout=0.2)
+    assert (outcome.status, outcome.ok, outcome.task_id) == ("timeout", False, handle.task_id)
+    assert "still queued" in outcome.error
+    assert handle.status() == "queued"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_for_an_unknown_task_id_times_out_and_says_never_seen():
+    handle = TaskHandle(uuid.uuid4())
+    outcome = handle.wait(timeout=0)
+    assert outcome.status == "timeout"
+    assert "never seen" in outcome.error
+    assert handle.status() == "unknown"
+    assert handle.outcome().status == "unknown"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_inside_atomic_raises_wait_in_transaction_error():
+    with transaction.atomic():
+        handle = enqueue("workers.tasks.echo", [1])
+        with pytest.raises(WaitInTransactionError, match=r"inside transaction\.atomic\(\)"):
+            handle.wait(timeout=5)
+    # After the block commits, waiting is allowed (and here times out as a value).
+    assert handle.wait(timeout=0).status == "timeout"
