@@ -100,9 +100,10 @@ class WorkerProcess:
         ]
         env = {**os.environ, "PG_QUEUE_LOG_LEVEL": "WARNING"}
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.peak_rss_kb = 0
+        self.stats: dict[str, float] = {}
 
     def sample_rss(self) -> None:
         try:
@@ -124,6 +125,19 @@ class WorkerProcess:
                 return
             time.sleep(0.05)
         raise RuntimeError("worker did not register within 30s")
+
+    def done_stats(self, timeout: float) -> dict[str, float]:
+        """Wait for exit and parse the worker's closing ``key=value`` line."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(f"worker did not exit within {timeout}s") from None
+        for line in out.splitlines():
+            if line.startswith("pg_queue worker done:"):
+                pairs = (p.split("=", 1) for p in line.split(":", 1)[1].split())
+                return {k: float(v) for k, v in pairs}
+        raise RuntimeError(f"worker exited {self.proc.returncode}: {err[-2000:]}")
 
     def stderr_tail(self) -> str:
         try:
@@ -162,63 +176,50 @@ def _bulk(task_name: str, n: int, start: int = 0, delay: float | None = None) ->
     return time.perf_counter() - t0
 
 
-def _measure_drain(
-    worker: WorkerProcess, target_left: int, total: int, progress: Progress | None, label: str
-) -> tuple[float, float]:
-    """Poll the ready count until it is <= target_left; return (first_claim, done) times."""
-    first: float | None = None
+def _deleted_rows() -> int:
+    """Rows deleted from the message table so far (cumulative statistics; for progress)."""
+    value = _scalar("SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'pg_queue_message'")
+    return int(value or 0)
+
+
+def _drain(n: int, progress: Progress | None, label: str, *args: str) -> WorkerProcess:
+    """Run a worker with ``args`` until it exits; the progress bar follows deleted rows."""
+    base = _deleted_rows()
+    worker = WorkerProcess(*args)
     deadline = time.monotonic() + WORKLOAD_TIMEOUT
-    poll = 0.02 if total <= 50_000 else 0.2
-    start_count = None
-    while time.monotonic() < deadline:
-        left = _scalar(
-            "SELECT count(*) FROM pg_queue_message WHERE queue_name = %s AND state = 'ready' "
-            "AND available_at <= now()",
-            [BENCH_QUEUE],
-        )
-        now = time.perf_counter()
-        if start_count is None:
-            start_count = left
-        if first is None and left < start_count:
-            first = now
-        worker.sample_rss()
-        if progress is not None:
-            progress(label, float(start_count - left), float(start_count - target_left))
-        if left <= target_left:
-            # The last claimed batch is still running; wait for the claimed rows to go too.
-            while (
-                _scalar(
-                    "SELECT count(*) FROM pg_queue_message WHERE queue_name = %s AND state = "
-                    "'claimed'",
-                    [BENCH_QUEUE],
-                )
-                and time.monotonic() < deadline
-            ):
-                time.sleep(poll / 2)
-            return first or now, time.perf_counter()
-        if worker.proc.poll() is not None:
-            raise RuntimeError(f"worker exited mid-drain: {worker.stderr_tail()}")
-        time.sleep(poll)
-    raise RuntimeError("drain did not finish in time")
+    try:
+        while worker.proc.poll() is None and time.monotonic() < deadline:
+            worker.sample_rss()
+            if progress is not None:
+                progress(label, float(min(n, _deleted_rows() - base)), float(n))
+            time.sleep(0.25)
+        worker.stats = worker.done_stats(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        worker.stop()
+    return worker
 
 
 def workload_drain(n: int, store_results: bool, progress: Progress | None = None) -> Figures:
-    """W1: drain ``n`` pre-enqueued no-op jobs with one worker command (default settings)."""
+    """W1: drain ``n`` pre-enqueued no-op jobs with one worker command (default settings).
+
+    The rate is jobs / the worker's own busy time (first claim to last ack), so interpreter
+    start-up is excluded and no polling query competes with the worker.
+    """
     cleanup()
     _bulk(ECHO if store_results else NOOP, n)
-    worker = WorkerProcess("--burst")
-    try:
-        first, done = _measure_drain(worker, 0, n, progress, "drain")
-        worker.wait_exit(60)
-    finally:
-        worker.stop()
+    worker = _drain(n, progress, "drain", "--burst")
     cleanup()
+    stats = worker.stats
     return Figures(
         "drain",
         "results stored" if store_results else "results off",
         n,
-        jobs_per_s=n / max(done - first, 1e-9),
-        extra={"worker_rss_mb": round(worker.peak_rss_kb / 1024, 1)},
+        jobs_per_s=stats["succeeded"] / max(stats["busy_s"], 1e-9),
+        extra={
+            "worker_rss_mb": round(worker.peak_rss_kb / 1024, 1),
+            "mean_claim_batch": round(stats["claimed"] / max(stats["claim_queries"], 1), 1),
+            "mean_ack_batch": round(stats["claimed"] / max(stats["finish_batches"], 1), 1),
+        },
     )
 
 
@@ -323,13 +324,9 @@ def workload_scale(n_deep: int, n_sample: int, progress: Progress | None = None)
     _bulk(NOOP, n_deep // 10, start=n_deep, delay=3600.0)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE pg_queue_message")
-    worker = WorkerProcess()
-    try:
-        first, done = _measure_drain(worker, n_deep - n_sample, n_sample, progress, "deep drain")
-    finally:
-        worker.stop()
+    worker = _drain(n_sample, progress, "deep drain", "--max-tasks", str(n_sample))
     cleanup()
-    deep_rate = n_sample / max(done - first, 1e-9)
+    deep_rate = worker.stats["succeeded"] / max(worker.stats["busy_s"], 1e-9)
     return [
         Figures("scale", f"bulk enqueue of {n_deep:,}", n_deep, jobs_per_s=n_deep / seconds),
         Figures(

@@ -58,12 +58,14 @@ def _evaluate_settings(flag: InMemoryFlag[Any], ctx: EvaluationContext) -> FlagR
     task_name = str((ctx.attributes or {}).get("task_name", ""))
     if tenant and tenant in conf.routing_exclude_tenants:
         value, why = False, "tenant excluded"
+    elif conf.routing_tasks and task_name not in conf.routing_tasks:
+        # Before the tenant list: ROUTING_TASKS limits what may ride Postgres at all, so a
+        # canary tenant must not pull an unlisted task onto it.
+        value, why = False, "task not in ROUTING_TASKS"
     elif tenant and tenant in conf.routing_tenants:
         value, why = True, "tenant included"
     elif not conf.routing_enabled:
         value, why = False, "routing disabled"
-    elif conf.routing_tasks and task_name not in conf.routing_tasks:
-        value, why = False, "task not in ROUTING_TASKS"
     elif conf.routing_percent >= 100:
         value, why = True, "enabled for all"
     else:

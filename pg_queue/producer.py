@@ -9,16 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from django.db import connections
 
 from pg_queue import sql
 from pg_queue.celery_compat import celery_max_attempts
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
-from pg_queue.payload import ContinuationSpec, TaskPayload, dumps
+from pg_queue.payload import ContinuationSpec, TaskPayload, coerce_json, dumps
 from pg_queue.registry import EnqueueOptions, Task, celery_task, native_task
 from pg_queue.results import TaskHandle
 
@@ -30,23 +31,29 @@ BULK_CHUNK = 5_000
 DEDUP_RETRIES = 3
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class JobSpec:
-    """One job to enqueue: task name, arguments and options."""
+_NO_OPTIONS = EnqueueOptions()
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class JobSpec(NamedTuple):
+    """One job to enqueue: task name, arguments and options.
+
+    Immutable like a frozen dataclass, but a tuple: bulk enqueue builds one per job, and tuple
+    construction costs a fraction of a frozen dataclass's ``__init__``.
+    """
 
     task_name: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    options: EnqueueOptions = field(default_factory=EnqueueOptions)
-    headers: dict[str, Any] = field(default_factory=dict)
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = _EMPTY
+    options: EnqueueOptions = _NO_OPTIONS
+    headers: Mapping[str, Any] = _EMPTY
     on_success: ContinuationSpec | None = None
     on_error: ContinuationSpec | None = None
     reply_key: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    """A validated row, ready for INSERT or COPY."""
+class _Row(NamedTuple):
+    """A validated row, ready for INSERT or COPY (a tuple: built once per job, kept cheap)."""
 
     task_id: uuid.UUID
     queue: str
@@ -71,27 +78,26 @@ def _check_length(label: str, value: str, limit: int) -> None:
         raise ValueError(f"{label} is {len(value)} characters long; the limit is {limit}")
 
 
-def _validate(spec: JobSpec) -> _Row:
-    """Apply task defaults and check every field; errors name the problem."""
-    if not isinstance(spec.task_name, str) or not spec.task_name:
-        raise ValueError(f"task name must be a non-empty string, got {spec.task_name!r}")
-    if not isinstance(spec.args, list | tuple):
-        raise ValueError(
-            f"args for {spec.task_name!r} must be a list or tuple, got {type(spec.args).__name__}"
-        )
-    if not isinstance(spec.kwargs, dict):
-        raise ValueError(
-            f"kwargs for {spec.task_name!r} must be a dict, got {type(spec.kwargs).__name__}"
-        )
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """Options of one (task name, options) pair after defaults and checks."""
+
+    queue: str
+    priority: int
+    delay: float
+    max_attempts: int
+
+
+def _resolve(task_name: Any, opts: EnqueueOptions) -> _Resolved:
+    """Apply task defaults and check every option; errors name the problem."""
+    if not isinstance(task_name, str) or not task_name:
+        raise ValueError(f"task name must be a non-empty string, got {task_name!r}")
     conf = queue_settings()
-    known = native_task(spec.task_name)
-    opts = spec.options
+    known = native_task(task_name)
     queue = opts.queue or (known.queue if known else conf.default_queue)
     priority = opts.priority if opts.priority is not None else (known.priority if known else 0)
     max_attempts = (
-        _default_max_attempts(spec.task_name, known)
-        if opts.max_attempts is None
-        else opts.max_attempts
+        _default_max_attempts(task_name, known) if opts.max_attempts is None else opts.max_attempts
     )
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ValueError(f"priority must be an int, got {type(priority).__name__} {priority!r}")
@@ -103,7 +109,7 @@ def _validate(spec: JobSpec) -> _Row:
     if not 0 <= delay < float("inf"):  # also refuses NaN, which the database cannot add
         raise ValueError(f"delay must be a finite number >= 0 seconds, got {delay}")
     _check_length("queue", queue, QUEUE_NAME_MAX)
-    _check_length("task name", spec.task_name, TASK_NAME_MAX)
+    _check_length("task name", task_name, TASK_NAME_MAX)
     _check_length("tenant_key", opts.tenant_key or "", TENANT_KEY_MAX)
     for label, key in (("dedup_key", opts.dedup_key), ("resource_key", opts.resource_key)):
         if key is not None:
@@ -114,23 +120,51 @@ def _validate(spec: JobSpec) -> _Row:
         raise ValueError("give delay or eta, not both")
     if opts.eta is not None and opts.eta.tzinfo is None:
         raise ValueError("eta must be timezone-aware (naive datetimes are ambiguous)")
-    payload = TaskPayload(
-        args=list(spec.args),
-        kwargs=spec.kwargs,
-        headers=spec.headers,
-        on_success=spec.on_success,
-        on_error=spec.on_error,
-        reply_key=spec.reply_key,
-    )
+    return _Resolved(queue, priority, delay, max_attempts)
+
+
+def _validate(
+    spec: JobSpec, cache: dict[tuple[str, EnqueueOptions], _Resolved] | None = None
+) -> _Row:
+    """A checked, JSON-encoded row for ``spec``; ``cache`` shares option checks in a batch."""
+    if not isinstance(spec.args, list | tuple):
+        raise ValueError(
+            f"args for {spec.task_name!r} must be a list or tuple, got {type(spec.args).__name__}"
+        )
+    if not isinstance(spec.kwargs, Mapping):
+        raise ValueError(
+            f"kwargs for {spec.task_name!r} must be a dict, got {type(spec.kwargs).__name__}"
+        )
+    opts = spec.options
+    if cache is None:
+        resolved = _resolve(spec.task_name, opts)
+    else:
+        key = (spec.task_name, opts)
+        found = cache.get(key)
+        resolved = cache[key] = found if found is not None else _resolve(spec.task_name, opts)
+    if spec.headers or spec.on_success or spec.on_error or spec.reply_key:
+        payload = TaskPayload(
+            args=list(spec.args),
+            kwargs=dict(spec.kwargs),
+            headers=dict(spec.headers),
+            on_success=spec.on_success,
+            on_error=spec.on_error,
+            reply_key=spec.reply_key,
+        ).to_json()
+    else:  # the common case, without building a TaskPayload
+        payload = {
+            "args": coerce_json(spec.args, "args"),
+            "kwargs": coerce_json(spec.kwargs, "kwargs") if spec.kwargs else {},
+        }
     return _Row(
         task_id=uuid.uuid4(),
-        queue=queue,
+        queue=resolved.queue,
         task_name=spec.task_name,
-        payload=dumps(payload.to_json()),
-        priority=priority,
-        delay=delay,
+        payload=dumps(payload),
+        priority=resolved.priority,
+        delay=resolved.delay,
         eta=opts.eta,
-        max_attempts=max_attempts,
+        max_attempts=resolved.max_attempts,
         tenant_key=opts.tenant_key or "",
         resource_key=opts.resource_key,
         dedup_key=opts.dedup_key,
@@ -225,7 +259,7 @@ def job(
         task_name=task_name,
         args=list(args),
         kwargs={} if kwargs is None else kwargs,
-        options=EnqueueOptions(**options),
+        options=EnqueueOptions(**options) if options else _NO_OPTIONS,
     )
 
 
@@ -236,7 +270,8 @@ def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[Ta
     dedup key one by one (a live duplicate wins). Every spec is validated before anything is
     written, so one bad argument rejects the whole call and nothing half-inserted is left.
     """
-    rows = [_validate(spec) for spec in specs]
+    cache: dict[tuple[str, EnqueueOptions], _Resolved] = {}
+    rows = [_validate(spec, cache) for spec in specs]
     if not rows:
         return []
     plain = [r for r in rows if r.dedup_key is None and r.delay == 0 and r.eta is None]
@@ -312,7 +347,8 @@ def bulk_params(specs: list[JobSpec]) -> dict[str, Any]:
     Used by the worker to enqueue continuations on its own connection, inside its ack
     transaction; raises ``ValueError`` naming the problem like ``enqueue`` does.
     """
-    return _bulk_params([_validate(spec) for spec in specs])
+    cache: dict[tuple[str, EnqueueOptions], _Resolved] = {}
+    return _bulk_params([_validate(spec, cache) for spec in specs])
 
 
 def _bulk_params(rows: list[_Row]) -> dict[str, Any]:

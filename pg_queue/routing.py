@@ -28,7 +28,7 @@ from pg_queue.conf import queue_settings
 from pg_queue.flags import FlagDecision, use_postgres
 from pg_queue.models import RoutingPin, Transport
 from pg_queue.payload import ContinuationSpec, coerce_json
-from pg_queue.producer import enqueue
+from pg_queue.producer import QUEUE_NAME_MAX, TASK_NAME_MAX, enqueue
 
 logger = logging.getLogger("pg_queue.routing")
 
@@ -141,6 +141,16 @@ def signature_to_continuation(signature: Any, role: str) -> ContinuationSpec:
         raise ValueError(
             f"{role} signature {task_name!r} has no queue: set one, e.g. sig.set(queue='...')"
         )
+    # Checked here, not when the worker enqueues the continuation after the job: by then a
+    # name too long for its column could only be logged, and the callback would be lost.
+    for label, value, limit in (
+        ("task name", str(task_name), TASK_NAME_MAX),
+        ("queue", str(queue), QUEUE_NAME_MAX),
+    ):
+        if len(value) > limit:
+            raise ValueError(
+                f"{role} signature {label} is {len(value)} characters long; the limit is {limit}"
+            )
     args = list(signature.get("args") or ())
     kwargs = dict(signature.get("kwargs") or {})
     coerce_json(args, f"{role}.args")

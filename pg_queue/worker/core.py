@@ -107,9 +107,22 @@ class WorkerStats:
     released: int = 0
     reconnects: int = 0
     time_limited: int = 0
+    claim_queries: int = 0  # claim statements run (jobs/claim_queries = mean claim batch)
+    finish_batches: int = 0  # finish writes (jobs/finish_batches = mean ack batch)
+    first_claim: float = 0.0  # time.monotonic() of the first non-empty claim
+    last_finish: float = 0.0  # time.monotonic() of the last finish write
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+    @property
+    def busy_seconds(self) -> float:
+        """From the first claim to the last finish: the drain time, startup excluded."""
+        return max(0.0, self.last_finish - self.first_claim) if self.first_claim else 0.0
+
+    def as_dict(self) -> dict[str, int | float]:
+        out: dict[str, int | float] = {
+            k: v for k, v in self.__dict__.items() if k not in ("first_claim", "last_finish")
+        }
+        out["busy_s"] = round(self.busy_seconds, 3)
+        return out
 
 
 @dataclass
@@ -357,6 +370,7 @@ class Worker:
         for queue_name in self._queue_order():
             if limit - total <= 0:
                 break
+            self.stats.claim_queries += 1
             messages = claim.message_claim(
                 self._conn,
                 queue=queue_name,
@@ -372,6 +386,8 @@ class Worker:
     def _accept(self, messages: list[ClaimedMessage]) -> None:
         """Decode and hand claimed messages to the task threads (or bury the hopeless)."""
         now = time.monotonic()
+        if not self.stats.claimed:
+            self.stats.first_claim = now
         self.stats.claimed += len(messages)
         metrics.CLAIMED.labels(messages[0].queue_name).inc(len(messages))
         with self._inflight_lock:
@@ -418,6 +434,8 @@ class Worker:
         """
         assert self._conn is not None
         conn = self._conn
+        self.stats.finish_batches += 1
+        self.stats.last_finish = time.monotonic()
         fires = any(s.on_success for s in pending.successes) or any(
             b.on_error for b in pending.burials
         )
