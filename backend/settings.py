@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "pg_queue",
+    "backend.apps.BackendConfig",
 ]
 
 MIDDLEWARE = [

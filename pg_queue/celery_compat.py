@@ -67,7 +67,11 @@ def run_celery_task(
     try:
         return task.run(*args, **kwargs)
     except CeleryRetry as retry:
-        raise Retry(delay=_retry_delay(task, retry.when), reason=str(retry.exc or "")) from retry
+        raise Retry(
+            delay=_retry_delay(task, retry.when),
+            reason=str(retry.exc or ""),
+            bounded_by_task=True,
+        ) from retry
     except Exception as exc:
         raise Reject(exc) from exc
     finally:

@@ -51,6 +51,9 @@ class RetryLater:
     msg: ClaimedMessage
     delay: float
     error: str
+    # Raise the row's max_attempts to at least this (a Celery task's own self.retry(max_retries=)
+    # is the bound there; Celery already refused when it was exhausted). 0 = unchanged.
+    min_max_attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,15 @@ def worker_connection(alias: str = "default") -> psycopg.Connection[Any]:
     for django_only in ("context", "cursor_factory", "server_side_binding"):
         params.pop(django_only, None)
     params.pop("prepare_threshold", None)
+    # Bound every network wait: a partition must not block the heartbeat (which holds the
+    # in-flight lock while renewing) for the kernel's default of many minutes.
+    lease_ms = int(queue_settings().lease_seconds * 1000)
+    params.setdefault("connect_timeout", 10)
+    params.setdefault("keepalives", 1)
+    params.setdefault("keepalives_idle", 10)
+    params.setdefault("keepalives_interval", 5)
+    params.setdefault("keepalives_count", 3)
+    params.setdefault("tcp_user_timeout", lease_ms)
     conn = psycopg.connect(**params, autocommit=True)
     conn.prepare_threshold = 0 if queue_settings().prepared_statements else None
     return conn
@@ -89,8 +101,13 @@ def message_claim(
     return [ClaimedMessage(*row) for row in rows]
 
 
-def message_due_soon(conn: psycopg.Connection[Any], *, queues: list[str], lookahead: float) -> bool:
-    row = conn.execute(sql.MESSAGE_DUE_SOON, {"queues": queues, "lookahead": lookahead}).fetchone()
+def message_due_soon(
+    conn: psycopg.Connection[Any], *, queues: list[str], lookahead: float, lease: float
+) -> bool:
+    """Anything a --burst worker should still wait for (see ``sql.MESSAGE_DUE_SOON``)."""
+    row = conn.execute(
+        sql.MESSAGE_DUE_SOON, {"queues": queues, "lookahead": lookahead, "lease": lease}
+    ).fetchone()
     return bool(row and row[0])
 
 
@@ -123,6 +140,7 @@ def message_retry(conn: psycopg.Connection[Any], items: list[RetryLater]) -> set
             "tokens": [r.msg.lease_token for r in items],
             "delays": [r.delay for r in items],
             "errors": [r.error for r in items],
+            "min_max": [r.min_max_attempts for r in items],
         },
     ).fetchall()
     return {r[0] for r in rows}

@@ -27,9 +27,14 @@ class Retry(PgQueueError):
     The attempt still counts toward ``max_attempts``; when none remain the job is dead-lettered.
     """
 
-    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+    def __init__(
+        self, delay: float | None = None, reason: str = "", *, bounded_by_task: bool = False
+    ) -> None:
         self.delay = delay
         self.reason = reason
+        # True when the task itself enforces its retry limit (Celery's max_retries): the
+        # message's max_attempts must not cut it short.
+        self.bounded_by_task = bounded_by_task
         super().__init__(reason or "retry requested")
 
 

@@ -124,8 +124,8 @@ class TaskHandle:
         try:
             while True:
                 last = _fetch(self.task_id, self.using)
-                if last is not None and last.status in FINISHED_STATUSES:
-                    return last
+                if last is not None and last.status not in (QUEUED, RUNNING):
+                    return last  # any result row, even a malformed status, ends the wait
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

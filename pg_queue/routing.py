@@ -178,7 +178,18 @@ class RoutingDispatcher:
         Every later call with the same execution id (any process) gets the same answer, so a
         multi-step execution never spans both transports while the flag moves. If the pin
         cannot be read or written, the answer is Celery (fail closed) and nothing is pinned.
+        The kill switch wins over a pin: while it is on the answer is Celery; a pin to
+        Postgres is kept and applies again once the switch is back on.
         """
+        transport = self._pinned(execution_id, task_name, queue, org_id)
+        if transport == POSTGRES and not queue_settings().transport_enabled:
+            logger.warning(
+                "kill switch on: pinned execution routed to Celery execution_id=%s", execution_id
+            )
+            return CELERY
+        return transport
+
+    def _pinned(self, execution_id: str, task_name: str, queue: str, org_id: str) -> str:
         try:
             existing = RoutingPin.objects.using(self.using).filter(execution_id=execution_id)
             row = existing.values_list("transport", flat=True).first()

@@ -81,12 +81,22 @@ RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload, m.attempts,
           m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now()
 """
 
-#: Does a --burst worker still have anything to wait for (due now or within the lookahead)?
+#: Does a --burst worker still have anything to wait for: a row due within the lookahead, or a
+#: claim of a dead worker (no heartbeat for a lease) that re-arm will hand back within it?
 MESSAGE_DUE_SOON = """
 SELECT EXISTS (
     SELECT 1 FROM pg_queue_message
     WHERE state = 'ready' AND queue_name = ANY(%(queues)s)
       AND available_at <= now() + make_interval(secs => %(lookahead)s)
+) OR EXISTS (
+    SELECT 1 FROM pg_queue_message AS m
+    WHERE m.state = 'claimed' AND m.queue_name = ANY(%(queues)s)
+      AND m.vt <= now() + make_interval(secs => %(lookahead)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_worker AS w
+          WHERE w.worker_id = m.worker_id
+            AND w.heartbeat_at > now() - make_interval(secs => %(lease)s)
+      )
 )
 """
 
@@ -131,9 +141,11 @@ SET state = 'ready',
     lease_token = NULL,
     vt = NULL,
     worker_id = '',
-    last_error = a.error
-FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[], %(delays)s::float8[], %(errors)s::text[])
-     AS a(msg_id, lease_token, delay, error)
+    last_error = a.error,
+    max_attempts = GREATEST(m.max_attempts, a.min_max)
+FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[], %(delays)s::float8[], %(errors)s::text[],
+            %(min_max)s::int[])
+     AS a(msg_id, lease_token, delay, error, min_max)
 WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
 RETURNING m.msg_id
 """
@@ -275,6 +287,11 @@ UPDATE pg_worker SET heartbeat_at = now(), state = %(state)s WHERE worker_id = %
 """
 
 WORKER_UNREGISTER = "DELETE FROM pg_worker WHERE worker_id = %(worker_id)s"
+
+#: Rows of processes that died without unregistering (kill -9, OOM); run by every worker.
+WORKER_PRUNE = """
+DELETE FROM pg_worker WHERE heartbeat_at < now() - make_interval(secs => %(stale)s)
+"""
 
 # --- results ---------------------------------------------------------------------------------
 

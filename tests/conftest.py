@@ -179,3 +179,24 @@ def background_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., Back
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _usable_django_connection(django_db_blocker: Any) -> None:
+    """Start every test with a usable Django connection.
+
+    A server restart (this suite's own, or another suite's against the same server) leaves
+    Django's process-wide connection broken, and nothing resets it between tests: every later
+    test would fail with "the connection is closed".
+    """
+    with django_db_blocker.unblock():
+        reset_broken_django_connections()
+
+
+def reset_broken_django_connections() -> None:
+    """Close Django connections the server dropped, so that the next use reconnects."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.is_usable():
+            conn.close()

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
+from django.db import close_old_connections
 
 from pg_queue import claim, sql
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
@@ -85,7 +86,12 @@ def enqueue_continuations(
 
 
 def send_job_failed(rows: Iterable[tuple[uuid.UUID, str, str, str, str]]) -> None:
-    """Send ``job_failed`` for (task_id, task_name, queue_name, reason, error) rows."""
+    """Send ``job_failed`` for (task_id, task_name, queue_name, reason, error) rows.
+
+    Receivers use this thread's Django connection: refresh it first, so a database restart
+    earlier does not make every receiver fail on a dead connection.
+    """
+    close_old_connections()
     for task_id, task_name, queue_name, reason, error in rows:
         responses = job_failed.send_robust(
             sender=job_failed,

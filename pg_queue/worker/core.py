@@ -50,6 +50,8 @@ logger = logging.getLogger("pg_queue.worker")
 
 #: Rows one re-arm sweep may touch, so a sweep after a mass crash stays a short statement.
 REARM_BATCH = 1000
+#: A pg_worker row whose heartbeat is older than max(3 leases, this) belongs to a dead process.
+WORKER_ROW_STALE_MIN = 60.0
 #: Rows one result-retention sweep may delete.
 SWEEP_BATCH = 5000
 #: Seconds between result-retention sweeps.
@@ -144,6 +146,16 @@ class _Pending:
     def __bool__(self) -> bool:
         return bool(self.successes or self.retries or self.burials)
 
+    def drop(self, msg_ids: set[int]) -> list[Outcome]:
+        """Remove and return the finishes of ``msg_ids`` (jobs whose lease we lost)."""
+        dropped: list[Outcome] = []
+        for name in ("successes", "retries", "burials"):
+            kept: list[Outcome] = []
+            for outcome in getattr(self, name):
+                (dropped if outcome.msg.msg_id in msg_ids else kept).append(outcome)
+            setattr(self, name, kept)
+        return dropped
+
 
 class Worker:
     """Drains the given queues until stopped, or (``burst``) until nothing is left to do."""
@@ -198,6 +210,8 @@ class Worker:
         self._halt = threading.Event()  # set when the coordinator has finished
         self._inflight: dict[int, ClaimedMessage] = {}
         self._inflight_lock = threading.Lock()
+        # Jobs the heartbeat found taken from us: not renewed, their finish is discarded.
+        self._lost: set[int] = set()
         # msg_id -> (job, start monotonic, limit) of jobs a task thread is running right now.
         self._running: dict[int, tuple[Job, float, float]] = {}
         self._running_lock = threading.Lock()
@@ -351,7 +365,10 @@ class Worker:
             return False
         assert self._conn is not None
         return not claim.message_due_soon(
-            self._conn, queues=list(self.queues), lookahead=self.conf.burst_lookahead
+            self._conn,
+            queues=list(self.queues),
+            lookahead=self.conf.burst_lookahead,
+            lease=self.conf.lease_seconds,
         )
 
     def _queue_order(self) -> list[str]:
@@ -434,6 +451,20 @@ class Worker:
         """
         assert self._conn is not None
         conn = self._conn
+        if self._lost:
+            with self._inflight_lock:
+                dropped = pending.drop(self._lost)
+                for outcome in dropped:
+                    self._lost.discard(outcome.msg.msg_id)
+            for outcome in dropped:
+                logger.info(
+                    "finish discarded, its lease was lost earlier task_id=%s task=%s queue=%s",
+                    outcome.msg.task_id,
+                    outcome.msg.task_name,
+                    outcome.msg.queue_name,
+                )
+            if not pending:
+                return
         self.stats.finish_batches += 1
         self.stats.last_finish = time.monotonic()
         fires = any(s.on_success for s in pending.successes) or any(
@@ -667,6 +698,10 @@ class Worker:
                             rearmed,
                             buried,
                         )
+                    conn.execute(
+                        sql.WORKER_PRUNE,
+                        {"stale": max(3 * self.conf.lease_seconds, WORKER_ROW_STALE_MIN)},
+                    )
                     next_rearm = now + self.conf.rearm_interval
                 if now >= next_sweep:
                     claim.result_sweep(conn, limit=SWEEP_BATCH)
@@ -708,9 +743,13 @@ class Worker:
             if not held:
                 return
             kept = claim.lease_extend(conn, held, lease=self.conf.lease_seconds)
-            lost = [self._inflight[i] for i in held if i not in kept and i in self._inflight]
+            lost = [self._inflight.pop(i) for i in held if i not in kept and i in self._inflight]
+            self._lost.update(m.msg_id for m in lost)
         for msg in lost:
+            # Counted and logged once; the task may still be running, but its finish will be
+            # discarded (the lease-gated write would be a no-op anyway).
             self.stats.lease_lost += 1
+            metrics.LEASE_LOST.labels(msg.queue_name).inc()
             logger.warning(
                 "lease lost task_id=%s task=%s queue=%s worker_id=%s",
                 msg.task_id,
@@ -787,8 +826,13 @@ class Worker:
             self._halt.set()
             if self._listener is not None:
                 self._listener.stop()
+            # One shared deadline; task threads still alive here are stuck in a task past the
+            # grace (daemon threads, already given their chance above) and are not waited for.
+            deadline = time.monotonic() + THREAD_POLL * 2 + 1.0
             for t in self._threads:
-                t.join(timeout=THREAD_POLL * 2 + 1.0)
+                if t.name.startswith("pg-queue-task") and t.is_alive():
+                    continue
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
             if self._conn is not None:
                 self._conn.close()
 

@@ -107,6 +107,10 @@ def run_job(job: Job, worker_id: str, started_at: dt.datetime) -> Outcome:
         return Success(job.msg, result_json, started_at, on_success, value if on_success else None)
     except Retry as retry:
         error = f"retry requested: {retry.reason}" if retry.reason else "retry requested"
+        if retry.bounded_by_task:  # Celery checked max_retries already: always retry
+            msg = job.msg
+            delay = 0.0 if retry.delay is None else max(0.0, retry.delay)
+            return RetryLater(msg, delay, error, min_max_attempts=msg.attempts + 1)
         return failure_outcome(job, error, "", started_at, retry.delay)
     except Reject as reject:
         cause = reject.cause

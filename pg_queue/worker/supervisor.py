@@ -66,6 +66,8 @@ class Supervisor:
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.child_args = child_args
+        # Children that end by themselves (--burst, --max-tasks) are done when they exit 0.
+        self.finite = "--burst" in child_args or "--max-tasks" in child_args
         self.shutdown_grace = shutdown_grace
         self.health_port = health_port
         self.health_host = health_host
@@ -146,9 +148,13 @@ class Supervisor:
             if code is None:
                 continue
             slot.proc = None
-            if code == 0:
+            if code == 0 and self.finite:
                 logger.info("child finished slot=%d", slot.index)
                 slot.finished = True
+                continue
+            if code == 0:  # stopped by someone else's SIGTERM: replace it, not a crash
+                logger.warning("child exited 0 unexpectedly slot=%d; restarting", slot.index)
+                slot.restart_at = now
                 continue
             if code == EXIT_TIME_LIMIT:
                 logger.warning("child ended a task stuck past its time limit slot=%d", slot.index)

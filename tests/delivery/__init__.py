@@ -1,0 +1,1 @@
+"""Delivery-guarantee tests: crashes, lost connections, leases, retries, shutdown, supervisor."""
