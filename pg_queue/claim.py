@@ -35,6 +35,7 @@ class ClaimedMessage:
     enqueued_at: dt.datetime
     available_at: dt.datetime  # when it became due (enqueue time unless delayed or retried)
     claimed_at: dt.datetime  # database clock at claim
+    cancel_requested: bool = False  # an operator cancelled it before this claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,15 @@ class Bury:
     error: str
     traceback: str
     started_at: dt.datetime | None
+    on_error: ContinuationSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """An operator cancelled the job; it ends with a 'cancelled' outcome and fires on_error."""
+
+    msg: ClaimedMessage
+    error: str
     on_error: ContinuationSpec | None = None
 
 
@@ -171,11 +181,36 @@ def lease_extend(
     conn: psycopg.Connection[Any], held: dict[int, uuid.UUID], *, lease: float
 ) -> set[int]:
     """Renew every lease in ``held`` (msg_id -> token); returns the ids still ours."""
+    return set(lease_extend_flags(conn, held, lease=lease))
+
+
+def lease_extend_flags(
+    conn: psycopg.Connection[Any], held: dict[int, uuid.UUID], *, lease: float
+) -> dict[int, bool]:
+    """Renew like ``lease_extend``; maps each id still ours to its ``cancel_requested``."""
     if not held:
-        return set()
+        return {}
     rows = conn.execute(
         sql.LEASE_EXTEND,
         {"msg_ids": list(held), "tokens": list(held.values()), "lease": lease},
+    ).fetchall()
+    return {r[0]: bool(r[1]) for r in rows}
+
+
+def message_cancel(
+    conn: psycopg.Connection[Any], items: list[Cancelled], *, ttl: float, notify: bool = False
+) -> set[int]:
+    """Finish operator-cancelled jobs with a 'cancelled' outcome; returns the ids finished."""
+    rows = conn.execute(
+        sql.MESSAGE_CANCEL,
+        {
+            "msg_ids": [c.msg.msg_id for c in items],
+            "tokens": [c.msg.lease_token for c in items],
+            "errors": [c.error for c in items],
+            "ttl": ttl,
+            "notify": notify,
+            "channel": RESULT_CHANNEL,
+        },
     ).fetchall()
     return {r[0] for r in rows}
 

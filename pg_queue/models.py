@@ -63,6 +63,12 @@ class QueueMessage(models.Model):
     resource_key = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
     dedup_key = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
     last_error = models.TextField(blank=True, default="", db_default="")
+    cancel_requested = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="an operator asked to cancel this running job; the worker stops it at the "
+        "next safe point (before it starts, when the task checks, or when it returns)",
+    )
 
     class Meta:
         db_table = "pg_queue_message"

@@ -78,7 +78,8 @@ SET state = 'claimed',
 FROM picked
 WHERE m.msg_id = picked.msg_id
 RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload, m.attempts,
-          m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now()
+          m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now(),
+          m.cancel_requested
 """
 
 #: Does a --burst worker still have anything to wait for: a row due within the lookahead, or a
@@ -190,6 +191,34 @@ WITH gone AS (
 SELECT msg_id FROM gone, woken
 """
 
+#: Finish jobs an operator cancelled while they were claimed: delete the row (lease-gated) and
+#: record a 'cancelled' outcome. No dead letter: nothing failed.
+MESSAGE_CANCEL = """
+WITH gone AS (
+    DELETE FROM pg_queue_message AS m
+    USING unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
+    WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
+    RETURNING m.*
+), why AS (
+    SELECT * FROM unnest(%(msg_ids)s::bigint[], %(errors)s::text[]) AS e(msg_id, error)
+), outcomes AS (
+    INSERT INTO pg_task_result (
+        task_id, status, result, error, traceback, task_name, queue_name, attempts,
+        enqueued_at, started_at, finished_at, expires_at
+    )
+    SELECT g.task_id, 'cancelled', NULL, e.error, '', g.task_name, g.queue_name, g.attempts,
+           g.enqueued_at, NULL, now(), now() + make_interval(secs => %(ttl)s)
+    FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
+    ON CONFLICT (task_id) DO NOTHING
+    RETURNING task_id
+), woken AS (
+    SELECT CASE WHEN %(notify)s AND count(*) > 0
+           THEN pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
+    FROM outcomes
+)
+SELECT msg_id FROM gone, woken
+"""
+
 # --- leases ----------------------------------------------------------------------------------
 
 #: Renew every in-flight lease of one worker in a single statement. An id missing from the
@@ -199,7 +228,7 @@ UPDATE pg_queue_message AS m
 SET vt = now() + make_interval(secs => %(lease)s)
 FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
 WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
-RETURNING m.msg_id
+RETURNING m.msg_id, m.cancel_requested
 """
 
 #: Hand back jobs we claimed but will not run (graceful shutdown): the attempt is not counted.

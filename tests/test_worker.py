@@ -54,6 +54,18 @@ def test_burst_worker_runs_jobs_and_leaves_other_queues_alone(run_worker):
     assert not Worker.objects.exists()
 
 
+def test_max_tasks_worker_exits_after_that_many_jobs_even_with_more_queued(run_worker):
+    for i in range(7):
+        tasks.echo.enqueue(i)
+    code, output = run_worker(
+        "--concurrency", "2", "--batch-size", "2", "--max-tasks", "3", burst=False
+    )
+    assert_clean_exit(code, output)
+    assert "claimed=3 succeeded=3" in output
+    assert TaskResult.objects.count() == 3
+    assert QueueMessage.objects.filter(state="ready").count() == 4
+
+
 def test_unknown_task_and_undecodable_payloads_are_dead_lettered_and_the_worker_goes_on(
     run_worker,
 ):

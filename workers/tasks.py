@@ -67,3 +67,14 @@ def on_done(result: object, label: str = "") -> dict[str, object]:
 def on_failed(task_id: str, error: str, label: str = "") -> dict[str, str]:
     """An on_error callback: receives the failed task's id and its real error text."""
     return {"task_id": task_id, "error": error, "label": label}
+
+
+@task(queue="default", takes_context=True)
+def cancellable(context: JobContext, seconds: float) -> str:
+    """Works for ``seconds`` but stops early once an operator cancels it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if context.cancel_requested():
+            return "stopped early"
+        time.sleep(0.05)
+    return "ran to the end"

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 
 from pg_queue import claim, metrics, sql
-from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.claim import Bury, Cancelled, ClaimedMessage, RetryLater, Success
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
 from pg_queue.exceptions import PayloadError, TaskNotFound
 from pg_queue.models import DeadLetterReason
@@ -44,7 +44,14 @@ from pg_queue.worker.continuations import (
     send_job_failed,
     success_spec,
 )
-from pg_queue.worker.execution import Job, Outcome, failure_outcome, run_job, time_limit_of
+from pg_queue.worker.execution import (
+    CANCELLED_BEFORE_START,
+    Job,
+    Outcome,
+    failure_outcome,
+    run_job,
+    time_limit_of,
+)
 
 logger = logging.getLogger("pg_queue.worker")
 
@@ -109,6 +116,7 @@ class WorkerStats:
     released: int = 0
     reconnects: int = 0
     time_limited: int = 0
+    cancelled: int = 0
     claim_queries: int = 0  # claim statements run (jobs/claim_queries = mean claim batch)
     finish_batches: int = 0  # finish writes (jobs/finish_batches = mean ack batch)
     first_claim: float = 0.0  # time.monotonic() of the first non-empty claim
@@ -134,22 +142,28 @@ class _Pending:
     successes: list[Success] = field(default_factory=list)
     retries: list[RetryLater] = field(default_factory=list)
     burials: list[Bury] = field(default_factory=list)
+    cancels: list[Cancelled] = field(default_factory=list)
 
     def add(self, outcome: Outcome) -> None:
         if isinstance(outcome, Success):
             self.successes.append(outcome)
         elif isinstance(outcome, RetryLater):
             self.retries.append(outcome)
-        else:
+        elif isinstance(outcome, Bury):
             self.burials.append(outcome)
+        else:
+            self.cancels.append(outcome)
+
+    def all(self) -> list[Outcome]:
+        return [*self.successes, *self.retries, *self.burials, *self.cancels]
 
     def __bool__(self) -> bool:
-        return bool(self.successes or self.retries or self.burials)
+        return bool(self.successes or self.retries or self.burials or self.cancels)
 
     def drop(self, msg_ids: set[int]) -> list[Outcome]:
         """Remove and return the finishes of ``msg_ids`` (jobs whose lease we lost)."""
         dropped: list[Outcome] = []
-        for name in ("successes", "retries", "burials"):
+        for name in ("successes", "retries", "burials", "cancels"):
             kept: list[Outcome] = []
             for outcome in getattr(self, name):
                 (dropped if outcome.msg.msg_id in msg_ids else kept).append(outcome)
@@ -212,6 +226,8 @@ class Worker:
         self._inflight_lock = threading.Lock()
         # Jobs the heartbeat found taken from us: not renewed, their finish is discarded.
         self._lost: set[int] = set()
+        # Jobs an operator cancelled while we hold them (seen by the heartbeat).
+        self._cancel_flags: set[int] = set()
         # msg_id -> (job, start monotonic, limit) of jobs a task thread is running right now.
         self._running: dict[int, tuple[Job, float, float]] = {}
         self._running_lock = threading.Lock()
@@ -327,6 +343,8 @@ class Worker:
                         worked = True
                     elif self._finished_claiming():
                         return
+                elif self._finished_claiming():  # e.g. --max-tasks reached and all acked
+                    return
                 reconnect_sleep = RECONNECT_MIN
             except _DB_ERRORS as exc:
                 self.stats.reconnects += 1
@@ -423,6 +441,11 @@ class Worker:
             except Exception as exc:  # a payload we cannot make sense of must not kill us
                 self._reject(msg, DeadLetterReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
                 continue
+            if msg.cancel_requested:
+                self._done.append(
+                    Cancelled(msg, CANCELLED_BEFORE_START, lenient_on_error(msg.payload))
+                )
+                continue
             if msg.attempts > msg.max_attempts:
                 self._reject(
                     msg,
@@ -467,18 +490,20 @@ class Worker:
                 return
         self.stats.finish_batches += 1
         self.stats.last_finish = time.monotonic()
-        fires = any(s.on_success for s in pending.successes) or any(
-            b.on_error for b in pending.burials
+        fires = (
+            any(s.on_success for s in pending.successes)
+            or any(b.on_error for b in pending.burials)
+            or any(c.on_error for c in pending.cancels)
         )
         if fires:
             with conn.transaction():
                 buried = self._write_finishes(pending)
         else:
             buried = self._write_finishes(pending)
-        outcomes: list[Outcome] = [*pending.successes, *pending.retries, *pending.burials]
         with self._inflight_lock:
-            for o in outcomes:
+            for o in pending.all():
                 self._inflight.pop(o.msg.msg_id, None)
+                self._cancel_flags.discard(o.msg.msg_id)
         if buried:
             send_job_failed(
                 (b.msg.task_id, b.msg.task_name, b.msg.queue_name, b.reason, b.error)
@@ -543,6 +568,26 @@ class Worker:
                 if b.on_error is not None:
                     continuations.append(
                         (b.msg.task_id, error_spec(b.on_error, b.msg.task_id, b.error))
+                    )
+        if pending.cancels:
+            cancelled = claim.message_cancel(
+                conn, pending.cancels, ttl=ttl, notify=self._notify_results
+            )
+            self.stats.cancelled += len(cancelled)
+            self._count_lost(pending.cancels, cancelled, "cancel")
+            for c in pending.cancels:
+                if c.msg.msg_id not in cancelled:
+                    continue
+                logger.warning(
+                    "job cancelled task_id=%s task=%s queue=%s error=%s",
+                    c.msg.task_id,
+                    c.msg.task_name,
+                    c.msg.queue_name,
+                    c.error,
+                )
+                if c.on_error is not None:
+                    continuations.append(
+                        (c.msg.task_id, error_spec(c.on_error, c.msg.task_id, c.error))
                     )
         enqueue_continuations(conn, continuations)
         return buried
@@ -617,7 +662,7 @@ class Worker:
                 )
             with self._running_lock:
                 self._running[msg.msg_id] = (job, start, job.time_limit)
-            outcome = run_job(job, self.worker_id, started)
+            outcome = run_job(job, self.worker_id, started, self._cancel_check(msg.msg_id))
             with self._running_lock:
                 mine = self._running.pop(msg.msg_id, None) is not None
             if not mine:
@@ -633,6 +678,10 @@ class Worker:
             metrics.TASK_DURATION.labels(msg.queue_name).observe(time.monotonic() - start)
             self._done.append(outcome)
             self._wake.set()
+
+    def _cancel_check(self, msg_id: int) -> Callable[[], bool]:
+        flags = self._cancel_flags
+        return lambda: msg_id in flags
 
     def _enforce_time_limits(self) -> None:
         """Fail jobs past their time limit, stop renewing them, and recover their slots."""
@@ -742,9 +791,10 @@ class Worker:
             held = {m.msg_id: m.lease_token for m in self._inflight.values()}
             if not held:
                 return
-            kept = claim.lease_extend(conn, held, lease=self.conf.lease_seconds)
+            kept = claim.lease_extend_flags(conn, held, lease=self.conf.lease_seconds)
             lost = [self._inflight.pop(i) for i in held if i not in kept and i in self._inflight]
             self._lost.update(m.msg_id for m in lost)
+            self._cancel_flags.update(i for i, cancel in kept.items() if cancel)
         for msg in lost:
             # Counted and logged once; the task may still be running, but its finish will be
             # discarded (the lease-gated write would be a no-op anyway).

@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import random
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import close_old_connections
 
 from pg_queue.celery_compat import run_celery_task
-from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.claim import Bury, Cancelled, ClaimedMessage, RetryLater, Success
 from pg_queue.conf import queue_settings
 from pg_queue.context import JobContext
 from pg_queue.exceptions import Reject, Retry
@@ -24,7 +25,7 @@ from pg_queue.models import DeadLetterReason
 from pg_queue.payload import TaskPayload, coerce_json, dumps
 from pg_queue.registry import Task
 
-Outcome = Success | RetryLater | Bury
+Outcome = Success | RetryLater | Bury | Cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _call(job: Job, worker_id: str) -> Any:
+def _call(job: Job, worker_id: str, cancel_check: Callable[[], bool]) -> Any:
     msg, task, payload = job.msg, job.task, job.payload
     if isinstance(task, Task):
         if task.takes_context:
@@ -68,6 +69,7 @@ def _call(job: Job, worker_id: str) -> Any:
                 attempt=msg.attempts,
                 max_attempts=msg.max_attempts,
                 worker_id=worker_id,
+                cancel_check=cancel_check,
             )
             return task.func(context, *payload.args, **payload.kwargs)
         return task.func(*payload.args, **payload.kwargs)
@@ -98,10 +100,38 @@ def failure_outcome(
     return Bury(msg, DeadLetterReason.EXHAUSTED, error, tb, started_at, job.payload.on_error)
 
 
-def run_job(job: Job, worker_id: str, started_at: dt.datetime) -> Outcome:
-    """Execute ``job`` and describe how it ended. Never raises."""
+def run_job(
+    job: Job,
+    worker_id: str,
+    started_at: dt.datetime,
+    cancel_check: Callable[[], bool] = lambda: False,
+) -> Outcome:
+    """Execute ``job`` and describe how it ended. Never raises.
+
+    A job cancelled by an operator (``cancel_check()`` true before or after the run) ends as
+    ``Cancelled`` whatever the task did.
+    """
+    if cancel_check():
+        return Cancelled(job.msg, CANCELLED_BEFORE_START, job.payload.on_error)
     try:
-        value = coerce_json(_call(job, worker_id), "result")
+        outcome = _run(job, worker_id, started_at, cancel_check)
+    finally:
+        close_old_connections()
+    if cancel_check():
+        return Cancelled(job.msg, CANCELLED_WHILE_RUNNING, job.payload.on_error)
+    return outcome
+
+
+#: Error texts of operator cancellations (what on_error receives).
+CANCELLED_BEFORE_START = "cancelled by an operator before it started"
+CANCELLED_WHILE_RUNNING = "cancelled by an operator while it was running"
+
+
+def _run(
+    job: Job, worker_id: str, started_at: dt.datetime, cancel_check: Callable[[], bool]
+) -> Outcome:
+    try:
+        value = coerce_json(_call(job, worker_id, cancel_check), "result")
         result_json = dumps(value) if _stores_result(job.task) else None
         on_success = job.payload.on_success
         return Success(job.msg, result_json, started_at, on_success, value if on_success else None)
@@ -125,5 +155,3 @@ def run_job(job: Job, worker_id: str, started_at: dt.datetime) -> Outcome:
         )
     except Exception as exc:
         return failure_outcome(job, _error_text(exc), traceback.format_exc(), started_at)
-    finally:
-        close_old_connections()
