@@ -209,6 +209,11 @@ class _ResultWaiters:
 
     def _on_payload(self, payload: str) -> None:
         with self._lock:
+            if payload == "*":  # too many ids for one NOTIFY: everyone re-checks
+                for events in self._events.values():
+                    for event in events:
+                        event.set()
+                return
             for key in payload.split(","):
                 for event in self._events.get(key, ()):
                     event.set()

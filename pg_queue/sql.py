@@ -127,8 +127,9 @@ WITH done AS (
     RETURNING task_id
 ), woken AS (
     -- One NOTIFY per batch (delivered at commit) wakes callers waiting on these results.
-    SELECT CASE WHEN %(notify)s AND count(*) > 0
-           THEN pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
+    SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
+                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')  -- NOTIFY payload < 8000 B
+                ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
     FROM stored
 )
 SELECT msg_id FROM done, woken
@@ -184,8 +185,9 @@ WITH gone AS (
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
 ), woken AS (
-    SELECT CASE WHEN %(notify)s AND count(*) > 0
-           THEN pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
+    SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
+                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')  -- NOTIFY payload < 8000 B
+                ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
     FROM outcomes
 )
 SELECT msg_id FROM gone, woken
@@ -212,8 +214,9 @@ WITH gone AS (
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
 ), woken AS (
-    SELECT CASE WHEN %(notify)s AND count(*) > 0
-           THEN pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
+    SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
+                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')  -- NOTIFY payload < 8000 B
+                ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
     FROM outcomes
 )
 SELECT msg_id FROM gone, woken

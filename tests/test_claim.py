@@ -126,6 +126,21 @@ def test_ack_is_batched_and_acks_only_the_owned_messages(conn):
         assert TaskResult.objects.get(task_id=m.task_id).result == m.payload["args"][0]
 
 
+def test_ack_of_a_batch_too_big_for_one_notify_payload_still_wakes_waiters(conn):
+    # 300 task ids do not fit NOTIFY's 8000-byte payload; the ack must not fail on it.
+    enqueue_many(job("workers.tasks.echo", [i]) for i in range(300))
+    msgs = claim.message_claim(conn, queue="default", limit=300, lease=30, worker_id="w")
+    assert len(msgs) == 300
+    listener = claim.worker_connection()
+    listener.execute("LISTEN pg_queue_result")
+    items = [Success(m, str(m.payload["args"][0]), m.claimed_at) for m in msgs]
+    assert len(claim.message_ack(conn, items, ttl=60, notify=True)) == 300
+    payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+    listener.close()
+    assert payloads == ["*"]
+    assert TaskResult.objects.count() == 300
+
+
 def test_ack_with_a_stale_lease_token_does_nothing(conn):
     enqueue("workers.tasks.echo", [1])
     msg = claim_one(conn)
