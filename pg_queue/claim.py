@@ -12,8 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from django.db import connections
+from psycopg.types.json import set_json_loads
 
 from pg_queue import sql
 from pg_queue.conf import RESULT_CHANNEL, queue_settings
@@ -97,6 +99,8 @@ def worker_connection(alias: str = "default") -> psycopg.Connection[Any]:
     params.setdefault("tcp_user_timeout", lease_ms)
     conn = psycopg.connect(**params, autocommit=True)
     conn.prepare_threshold = 0 if queue_settings().prepared_statements else None
+    # Payloads arrive as jsonb on every claim: orjson parses them several times faster.
+    set_json_loads(orjson.loads, conn)
     return conn
 
 
@@ -125,15 +129,22 @@ def message_ack(
     conn: psycopg.Connection[Any], items: list[Success], *, ttl: float, notify: bool = False
 ) -> set[int]:
     """Delete acked messages and store their outcomes in one statement; returns acked ids."""
-    stored = [s for s in items if s.result_json is not None]
+    batch = orjson.dumps(
+        [
+            {
+                "i": s.msg.msg_id,
+                "t": s.msg.lease_token,
+                "s": s.started_at.timestamp(),
+                "k": s.result_json is not None,
+                "r": None if s.result_json is None else orjson.Fragment(s.result_json),
+            }
+            for s in items
+        ]
+    ).decode()
     rows = conn.execute(
         sql.MESSAGE_ACK,
         {
-            "msg_ids": [s.msg.msg_id for s in items],
-            "tokens": [s.msg.lease_token for s in items],
-            "r_msg_ids": [s.msg.msg_id for s in stored],
-            "r_results": [s.result_json for s in stored],
-            "r_started": [s.started_at for s in stored],
+            "batch": batch,
             "ttl": ttl,
             "notify": notify,
             "channel": RESULT_CHANNEL,

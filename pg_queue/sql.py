@@ -106,23 +106,28 @@ SELECT EXISTS (
 #: Ack a batch of successes: delete the rows we still own and store outcomes for those whose
 #: task keeps results, all in one statement (so one transaction). First write wins on results.
 #: Returns the msg_ids actually acked; a missing id means the lease was lost (no-op for us).
+#: The batch travels as one JSON document ([{i: msg_id, t: token, s: started epoch, k: keep?,
+#: r: result}, ...]): one parameter to send instead of five arrays dumped element by element.
 MESSAGE_ACK = """
-WITH done AS (
+WITH a AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
+        AS a(i bigint, t uuid, s double precision, k boolean, r jsonb)
+), done AS (
     DELETE FROM pg_queue_message AS m
-    USING unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
-    WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
-    RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.attempts, m.enqueued_at
+    USING a
+    WHERE m.msg_id = a.i AND m.lease_token = a.t AND m.state = 'claimed'
+    RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.attempts, m.enqueued_at,
+              a.k, a.r, a.s
 ), stored AS (
     INSERT INTO pg_task_result (
         task_id, status, result, error, traceback, task_name, queue_name, attempts,
         enqueued_at, started_at, finished_at, expires_at
     )
-    SELECT d.task_id, 'succeeded', r.result::jsonb, '', '', d.task_name, d.queue_name,
-           d.attempts, d.enqueued_at, r.started_at, now(),
+    SELECT d.task_id, 'succeeded', d.r, '', '', d.task_name, d.queue_name,
+           d.attempts, d.enqueued_at, to_timestamp(d.s), now(),
            now() + make_interval(secs => %(ttl)s)
     FROM done AS d
-    JOIN unnest(%(r_msg_ids)s::bigint[], %(r_results)s::text[], %(r_started)s::timestamptz[])
-         AS r(msg_id, result, started_at) ON r.msg_id = d.msg_id
+    WHERE d.k
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
 ), woken AS (

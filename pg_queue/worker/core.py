@@ -490,6 +490,13 @@ class Worker:
                 return
         self.stats.finish_batches += 1
         self.stats.last_finish = time.monotonic()
+        # Out of the in-flight set before the write: the heartbeat must not renew (and then
+        # report as lost) a row this very write is deleting. If the write fails, these are
+        # retried from `pending`; their leases are simply no longer renewed meanwhile.
+        with self._inflight_lock:
+            for o in pending.all():
+                self._inflight.pop(o.msg.msg_id, None)
+                self._cancel_flags.discard(o.msg.msg_id)
         fires = (
             any(s.on_success for s in pending.successes)
             or any(b.on_error for b in pending.burials)
@@ -500,10 +507,6 @@ class Worker:
                 buried = self._write_finishes(pending)
         else:
             buried = self._write_finishes(pending)
-        with self._inflight_lock:
-            for o in pending.all():
-                self._inflight.pop(o.msg.msg_id, None)
-                self._cancel_flags.discard(o.msg.msg_id)
         if buried:
             send_job_failed(
                 (b.msg.task_id, b.msg.task_name, b.msg.queue_name, b.reason, b.error)
