@@ -69,6 +69,8 @@ RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 THREAD_POLL = 0.5
 #: Default seconds in-flight jobs get to finish after a graceful stop request.
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Longest wait at shutdown for the finisher to write the last finishes.
+FINISHER_JOIN = 15.0
 #: How often the coordinator looks for jobs past their time limit.
 TIME_LIMIT_CHECK = 0.1
 #: Exit code of a child process that stopped itself to kill a task stuck past its time limit;
@@ -219,6 +221,10 @@ class Worker:
         self._claim_threshold = max(1, min(self.batch_size, self.concurrency))
         self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._done: deque[Outcome] = deque()
+        self._done_event = threading.Event()  # task threads -> finisher
+        self._finisher_stop = threading.Event()
+        self._finisher: threading.Thread | None = None
+        self.finisher_busy = False  # holds finishes it has not written yet
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._halt = threading.Event()  # set when the coordinator has finished
@@ -314,7 +320,6 @@ class Worker:
     # --- coordinator --------------------------------------------------------------------------
 
     def _coordinate(self) -> None:
-        pending = _Pending()
         idle = self.conf.poll_interval_min
         reconnect_sleep = RECONNECT_MIN
         stop_deadline: float | None = None
@@ -324,18 +329,12 @@ class Worker:
             worked = False
             if self._running and self.last_claim_loop >= self._next_limit_check:
                 self._enforce_time_limits()
-            while self._done:
-                pending.add(self._done.popleft())
             try:
-                if pending:
-                    self._finish(pending)
-                    pending = _Pending()
-                    worked = True
                 if self._stop.is_set():
                     if stop_deadline is None:
                         stop_deadline = time.monotonic() + self.shutdown_grace
                         self._release_unstarted()
-                    if not self._inflight or time.monotonic() >= stop_deadline:
+                    if not (self._inflight or self._done) or time.monotonic() >= stop_deadline:
                         return
                 elif self._claim_allowed():
                     got = self._claim()
@@ -375,7 +374,7 @@ class Worker:
 
     def _finished_claiming(self) -> bool:
         """True when a burst or max_tasks worker has nothing more to do."""
-        if self._inflight or self._done:
+        if self._inflight or self._done or self.finisher_busy:
             return False
         if self.max_tasks is not None and self.stats.claimed >= self.max_tasks:
             return True
@@ -445,6 +444,7 @@ class Worker:
                 self._done.append(
                     Cancelled(msg, CANCELLED_BEFORE_START, lenient_on_error(msg.payload))
                 )
+                self._done_event.set()
                 continue
             if msg.attempts > msg.max_attempts:
                 self._reject(
@@ -465,15 +465,14 @@ class Worker:
             error,
         )
         self._done.append(Bury(msg, reason, error, "", None, lenient_on_error(msg.payload)))
+        self._done_event.set()
 
-    def _finish(self, pending: _Pending) -> None:
+    def _finish(self, conn: psycopg.Connection[Any], pending: _Pending) -> None:
         """Write a batch of finishes: one statement per kind present.
 
         A plain batch of acks is one autocommit statement. When continuations must fire, the
         ack/dead-letter statements and the continuation inserts share one transaction.
         """
-        assert self._conn is not None
-        conn = self._conn
         if self._lost:
             with self._inflight_lock:
                 dropped = pending.drop(self._lost)
@@ -504,9 +503,9 @@ class Worker:
         )
         if fires:
             with conn.transaction():
-                buried = self._write_finishes(pending)
+                buried = self._write_finishes(conn, pending)
         else:
-            buried = self._write_finishes(pending)
+            buried = self._write_finishes(conn, pending)
         if buried:
             send_job_failed(
                 (b.msg.task_id, b.msg.task_name, b.msg.queue_name, b.reason, b.error)
@@ -514,10 +513,8 @@ class Worker:
                 if b.msg.msg_id in buried
             )
 
-    def _write_finishes(self, pending: _Pending) -> set[int]:
+    def _write_finishes(self, conn: psycopg.Connection[Any], pending: _Pending) -> set[int]:
         """The statements of ``_finish``; returns the msg_ids dead-lettered."""
-        assert self._conn is not None
-        conn = self._conn
         ttl = float(self.conf.result_ttl_seconds)
         continuations = []
         buried: set[int] = set()
@@ -630,6 +627,7 @@ class Worker:
     def _start_threads(self) -> None:
         for i in range(self.concurrency):
             self._spawn(self._task_loop, f"pg-queue-task-{i}")
+        self._finisher = self._spawn(self._finish_loop, "pg-queue-finish")
         self._spawn(self._heartbeat_loop, "pg-queue-heartbeat")
         if self.notify:
             self._listener = Listener(NOTIFY_CHANNEL, self._on_notify, self._connect)
@@ -641,12 +639,13 @@ class Worker:
         if payload in self.queues:
             self._wake.set()
 
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
+    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
         # Daemon so that a task stuck past the shutdown grace cannot keep the process alive;
         # every thread is still joined (with a timeout) in _shutdown.
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
         self._threads.append(t)
+        return t
 
     def _task_loop(self) -> None:
         while not self._halt.is_set():
@@ -680,11 +679,66 @@ class Worker:
                 return
             metrics.TASK_DURATION.labels(msg.queue_name).observe(time.monotonic() - start)
             self._done.append(outcome)
-            self._wake.set()
+            self._done_event.set()
 
     def _cancel_check(self, msg_id: int) -> Callable[[], bool]:
         flags = self._cancel_flags
         return lambda: msg_id in flags
+
+    def _finish_loop(self) -> None:
+        """The finisher: writes finished jobs in batches on its own connection.
+
+        Running beside the claim loop, the database works on the next claim and the last
+        batch's acks at the same time (two backends), instead of the two taking turns. Unwritten
+        finishes survive a lost connection and are retried after a reconnect with backoff (every
+        write is lease-gated, so a retry after an unknown commit is harmless).
+        """
+        conn: psycopg.Connection[Any] | None = None
+        pending = _Pending()
+        backoff = RECONNECT_MIN
+        while True:
+            self._done_event.clear()
+            if self._done:
+                self.finisher_busy = True  # before popping: _done and busy are never both off
+            while self._done:
+                pending.add(self._done.popleft())
+            if pending:
+                try:
+                    if conn is None or conn.closed:
+                        conn = self._connect()
+                    self._finish(conn, pending)
+                    pending = _Pending()
+                    self.finisher_busy = False
+                    backoff = RECONNECT_MIN
+                    self._wake.set()  # capacity freed: the claim loop may claim again
+                except _DB_ERRORS as exc:
+                    self.stats.reconnects += 1
+                    metrics.RECONNECTS.inc()
+                    logger.warning(
+                        "finish failed, will retry worker_id=%s jobs=%d error=%s",
+                        self.worker_id,
+                        len(pending.all()),
+                        exc,
+                    )
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    if self._halt.wait(backoff):
+                        break
+                    backoff = min(backoff * 2, RECONNECT_MAX)
+                continue
+            if self._finisher_stop.is_set():
+                break
+            self._done_event.wait(THREAD_POLL)
+        if pending:  # only when halted with the database unreachable
+            logger.error(
+                "finishes not written at exit worker_id=%s jobs=%d; their leases expire and "
+                "any worker re-arms them",
+                self.worker_id,
+                len(pending.all()),
+            )
+        if conn is not None:
+            conn.close()
 
     def _enforce_time_limits(self) -> None:
         """Fail jobs past their time limit, stop renewing them, and recover their slots."""
@@ -703,6 +757,7 @@ class Worker:
             started = msg.claimed_at + dt.timedelta(seconds=now - limit - job.claimed_mono)
             error = f"TimeoutError: task exceeded its time limit of {limit:g}s"
             self._done.append(failure_outcome(job, error, "", started))
+            self._done_event.set()
             self.stats.time_limited += 1
             metrics.TIME_LIMITED.inc()
             logger.error(
@@ -846,17 +901,14 @@ class Worker:
         for t in self._threads:
             if t.name.startswith("pg-queue-task"):
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
-        leftovers: list[Outcome] = []
-        while self._done:
-            leftovers.append(self._done.popleft())
+        # The finisher writes whatever finished, then exits.
+        self._finisher_stop.set()
+        self._done_event.set()
+        if self._finisher is not None:
+            self._finisher.join(timeout=FINISHER_JOIN)
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
-            if leftovers:
-                pending = _Pending()
-                for outcome in leftovers:
-                    pending.add(outcome)
-                self._finish(pending)
             with self._inflight_lock:
                 abandoned = {m.msg_id: m.lease_token for m in self._inflight.values()}
             if abandoned:
