@@ -1,7 +1,7 @@
 """The worker process: one coordinator, N task threads, a heartbeat and a NOTIFY listener.
 
 The coordinator (the thread that calls ``Worker.run``) owns one connection and is the only
-thread that claims and finishes jobs: it claims batches sized to free capacity and writes each
+thread that claims jobs: it claims batches sized to free capacity and a finisher thread writes each
 batch of finishes (acks, retries, dead letters) in as few statements as possible, so the per-job
 database cost is a fraction of a round trip. Task threads never touch the queue tables.
 
@@ -69,6 +69,10 @@ RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 THREAD_POLL = 0.5
 #: Default seconds in-flight jobs get to finish after a graceful stop request.
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Prefetch tiers by mean task time (see Worker.capacity) and the EWMA weight of one sample.
+FAST_TASK_SECONDS = 0.005
+SLOW_TASK_SECONDS = 0.1
+TASK_SECONDS_EWMA = 0.05
 #: Longest wait at shutdown for the finisher to write the last finishes.
 FINISHER_JOIN = 15.0
 #: How often the coordinator looks for jobs past their time limit.
@@ -217,8 +221,8 @@ class Worker:
         self.database = database
         self.on_progress = on_progress
         self.stats = WorkerStats()
-        self.capacity = self.concurrency + self.batch_size
-        self._claim_threshold = max(1, min(self.batch_size, self.concurrency))
+        # Mean task run time (EWMA, written by task threads); sizes the prefetch, see capacity.
+        self._avg_task_seconds = FAST_TASK_SECONDS * 2
         self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._done: deque[Outcome] = deque()
         self._done_event = threading.Event()  # task threads -> finisher
@@ -366,11 +370,30 @@ class Worker:
             self._wake.wait(idle)
             idle = min(idle * 2, self.conf.poll_interval_max)
 
+    @property
+    def capacity(self) -> int:
+        """Jobs this worker may hold: its threads plus a prefetch sized to how fast tasks are.
+
+        Fast tasks (under FAST_TASK_SECONDS) get two batches of prefetch, so the next claim
+        overlaps the current batch; medium ones one batch; slow ones (over SLOW_TASK_SECONDS)
+        one waiting job per thread, so a worker never hoards slow jobs other workers could run.
+        """
+        avg = self._avg_task_seconds
+        if avg < FAST_TASK_SECONDS:
+            prefetch = 2 * self.batch_size
+        elif avg < SLOW_TASK_SECONDS:
+            prefetch = self.batch_size
+        else:
+            prefetch = min(self.batch_size, self.concurrency)
+        return self.concurrency + prefetch
+
     def _claim_allowed(self) -> bool:
-        free = self.capacity - len(self._inflight)
+        capacity = self.capacity
+        free = capacity - len(self._inflight)
         if self.max_tasks is not None and self.stats.claimed >= self.max_tasks:
             return False
-        return free >= self._claim_threshold or (free > 0 and not self._inflight)
+        threshold = max(1, min(self.batch_size, capacity - self.concurrency) // 2)
+        return free >= threshold or (free > 0 and not self._inflight)
 
     def _finished_claiming(self) -> bool:
         """True when a burst or max_tasks worker has nothing more to do."""
@@ -677,7 +700,9 @@ class Worker:
                     msg.queue_name,
                 )
                 return
-            metrics.TASK_DURATION.labels(msg.queue_name).observe(time.monotonic() - start)
+            took = time.monotonic() - start
+            self._avg_task_seconds += TASK_SECONDS_EWMA * (took - self._avg_task_seconds)
+            metrics.TASK_DURATION.labels(msg.queue_name).observe(took)
             self._done.append(outcome)
             self._done_event.set()
 
