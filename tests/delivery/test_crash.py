@@ -2,7 +2,7 @@
 
 * kill -9 of one of three worker processes: its claims come back within lease + one re-arm
   interval and the survivors finish every job; re-executions are bounded by what the dead
-  process held (concurrency + batch size).
+  process held (at most concurrency + 2 x batch size: fast tasks get two batches of prefetch).
 * every backend of the test database terminated, and the PostgreSQL server restarted: the
   workers reconnect by themselves and every job ends with exactly one succeeded outcome.
 """
@@ -79,7 +79,7 @@ def assert_drained_once(pgdb: Db, task_ids: set[uuid.UUID], workers: Workers) ->
 def test_kill9_one_of_three_workers_mid_drain(side_tables, workers):
     pgdb = side_tables
     jobs, concurrency, batch = 4000, 4, 20
-    capacity = concurrency + batch
+    capacity = concurrency + 2 * batch  # Worker.capacity's largest tier (fast tasks)
     worker_ids = [f"kill9-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
     procs = [
         workers.start(
