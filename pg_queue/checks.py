@@ -1,4 +1,8 @@
-"""Misconfiguration reported by ``manage.py check`` instead of at 3 a.m. in a worker log."""
+"""Misconfiguration reported by ``manage.py check`` instead of at 3 a.m. in a worker log.
+
+Every message has a stable id (``pg_queue.E0xx`` errors, ``pg_queue.W0xx`` warnings) so a
+project can silence one on purpose (``SILENCED_SYSTEM_CHECKS``) and docs can point at it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,14 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import connections
 
-from pg_queue.conf import queue_settings, unknown_keys
+from pg_queue.conf import QueueSettings, queue_settings, unknown_keys
+
+#: Shortest default per-task time limit (seconds) that makes sense: the worker checks limits
+#: from its loop, so a shorter one would fail tasks on scheduling noise. (0 = no limit.)
+MIN_TIME_LIMIT_SECONDS = 1.0
+#: Shortest result retention (seconds): a caller blocked in ``wait()``/``dispatch()`` polls at
+#: most every second or so, and an outcome must outlive the poll that should find it.
+MIN_RESULT_TTL_SECONDS = 60
 
 
 @register()
@@ -26,6 +37,10 @@ def check_pg_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             Error("pg_queue needs PostgreSQL as the default database", id="pg_queue.E002")
         )
     conf = queue_settings()
+    not_numbers = _not_numbers(conf)
+    if not_numbers:
+        # Comparing a string with a number would crash the checks below: report that alone.
+        return [*messages, *not_numbers]
     if conf.lease_seconds <= 0:
         messages.append(Error("PG_QUEUE['LEASE_SECONDS'] must be > 0", id="pg_queue.E003"))
     if conf.concurrency < 1 or conf.batch_size < 1:
@@ -41,4 +56,110 @@ def check_pg_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="pg_queue.E006",
             )
         )
+    messages += _check_timing(conf)
+    messages += _check_routing_and_celery(conf)
+    return messages
+
+
+#: Numeric settings, so that a string from an environment variable is a clear error.
+_NUMERIC = (
+    "max_attempts",
+    "lease_seconds",
+    "retry_backoff",
+    "retry_backoff_max",
+    "result_ttl_seconds",
+    "concurrency",
+    "batch_size",
+    "poll_interval_min",
+    "poll_interval_max",
+    "rearm_interval",
+    "burst_lookahead",
+    "time_limit",
+    "routing_percent",
+)
+
+
+def _not_numbers(conf: QueueSettings) -> list[CheckMessage]:
+    bad = [
+        name
+        for name in _NUMERIC
+        if isinstance(getattr(conf, name), bool) or not isinstance(getattr(conf, name), int | float)
+    ]
+    return [
+        Error(
+            f"PG_QUEUE['{name.upper()}'] must be a number, got {getattr(conf, name)!r}",
+            id="pg_queue.E013",
+        )
+        for name in bad
+    ]
+
+
+def _check_timing(conf: QueueSettings) -> list[CheckMessage]:
+    """Lease, re-arm sweep, time limit and result retention must fit together."""
+    messages: list[CheckMessage] = []
+    if not 0 < conf.rearm_interval < conf.lease_seconds:
+        messages.append(
+            Error(
+                f"PG_QUEUE['REARM_INTERVAL'] ({conf.rearm_interval:g}) must be > 0 and shorter "
+                f"than LEASE_SECONDS ({conf.lease_seconds:g})",
+                hint="A sweep slower than a lease leaves dead workers' jobs stuck for longer "
+                "than the lease promises.",
+                id="pg_queue.E007",
+            )
+        )
+    if conf.time_limit < 0 or 0 < conf.time_limit < MIN_TIME_LIMIT_SECONDS:
+        messages.append(
+            Error(
+                f"PG_QUEUE['TIME_LIMIT'] ({conf.time_limit:g}) must be 0 (no limit) or at least "
+                f"{MIN_TIME_LIMIT_SECONDS:g} s",
+                hint="Give short tasks their own @task(time_limit=...).",
+                id="pg_queue.E008",
+            )
+        )
+    if conf.result_ttl_seconds < MIN_RESULT_TTL_SECONDS:
+        messages.append(
+            Error(
+                f"PG_QUEUE['RESULT_TTL_SECONDS'] ({conf.result_ttl_seconds:g}) must be at least "
+                f"{MIN_RESULT_TTL_SECONDS} s",
+                hint="Outcomes that expire sooner vanish before waiting callers can read them.",
+                id="pg_queue.E009",
+            )
+        )
+    elif conf.lease_seconds > 0 and conf.result_ttl_seconds <= conf.lease_seconds:
+        messages.append(
+            Error(
+                f"PG_QUEUE['RESULT_TTL_SECONDS'] ({conf.result_ttl_seconds:g}) must be longer "
+                f"than LEASE_SECONDS ({conf.lease_seconds:g})",
+                hint="A job redelivered after a lost lease may finish a whole lease later; its "
+                "outcome must still be there.",
+                id="pg_queue.E010",
+            )
+        )
+    return messages
+
+
+def _check_routing_and_celery(conf: QueueSettings) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    if isinstance(conf.routing_percent, bool) or not 0 <= conf.routing_percent <= 100:
+        messages.append(
+            Error(
+                f"PG_QUEUE['ROUTING_PERCENT'] must be between 0 and 100, got "
+                f"{conf.routing_percent!r}",
+                id="pg_queue.E012",
+            )
+        )
+    if conf.celery_app:
+        from pg_queue.registry import celery_app
+
+        try:
+            celery_app()
+        except Exception as exc:  # an app module may fail in any way while importing
+            messages.append(
+                Error(
+                    f"PG_QUEUE['CELERY_APP'] = {conf.celery_app!r} cannot be imported: "
+                    f"{type(exc).__name__}: {exc}",
+                    hint="Use 'package.module:app' (or 'package.module.app').",
+                    id="pg_queue.E011",
+                )
+            )
     return messages

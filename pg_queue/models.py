@@ -118,7 +118,11 @@ class TaskResult(models.Model):
 
     class Meta:
         db_table = "pg_task_result"
-        indexes = [models.Index(fields=["expires_at"], name="pg_task_result_expires_idx")]
+        indexes = [
+            models.Index(fields=["expires_at"], name="pg_task_result_expires_idx"),
+            # The admin overview's "finished in the last 5/60 minutes" and newest-first lists.
+            models.Index(fields=["finished_at"], name="pg_task_result_finished_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_name}[{self.task_id}] {self.status}"

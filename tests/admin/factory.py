@@ -1,0 +1,196 @@
+"""Rows for admin tests, written straight into the tables (no worker needed).
+
+Every timestamp is relative to the database clock, like the queue's own: ``ago(s)`` and
+``later(s)`` are SQL expressions, so a slow test machine cannot make a fresh row look stale.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import connection
+from django.db.models import Func
+
+from pg_queue.models import DeadLetter, QueueMessage, TaskResult, Worker
+
+
+class _Shift(Func):
+    """``now() + make_interval(secs => N)``."""
+
+    template = "(now() + make_interval(secs => %(seconds)s))"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds=float(seconds))
+
+
+def ago(seconds: float) -> Any:
+    return _Shift(-seconds)
+
+
+def later(seconds: float) -> Any:
+    return _Shift(seconds)
+
+
+def message(
+    *,
+    queue: str = "default",
+    task: str = "workers.tasks.echo",
+    state: str = "ready",
+    due_ago: float = 0.0,
+    delay: float = 0.0,
+    lease_left: float = 30.0,
+    worker_id: str = "",
+    attempts: int | None = None,
+    payload: dict[str, Any] | None = None,
+    **fields: Any,
+) -> QueueMessage:
+    """One message row: ready (due ``due_ago`` seconds ago, or ``delay`` seconds ahead) or
+    claimed (lease ``lease_left`` seconds from now; negative = expired)."""
+    row = QueueMessage.objects.create(
+        task_id=fields.pop("task_id", None) or uuid.uuid4(),
+        queue_name=queue,
+        task_name=task,
+        payload=payload if payload is not None else {"args": [1], "kwargs": {}},
+        state=state,
+        attempts=attempts if attempts is not None else (1 if state == "claimed" else 0),
+        worker_id=worker_id if state == "claimed" else "",
+        lease_token=uuid.uuid4() if state == "claimed" else None,
+        **fields,
+    )
+    QueueMessage.objects.filter(pk=row.pk).update(
+        available_at=later(delay) if delay else ago(due_ago),
+        enqueued_at=ago(due_ago + 1),
+        vt=later(lease_left) if state == "claimed" else None,
+    )
+    row.refresh_from_db()
+    return row
+
+
+def messages(n: int, **kwargs: Any) -> list[QueueMessage]:
+    """``n`` ready rows in one statement (for list-page query counts and bulk actions)."""
+    queue = kwargs.pop("queue", "default")
+    task = kwargs.pop("task", "workers.tasks.echo")
+    rows = QueueMessage.objects.bulk_create(
+        QueueMessage(
+            task_id=uuid.uuid4(),
+            queue_name=queue,
+            task_name=task,
+            payload={"args": [i], "kwargs": {}},
+            **kwargs,
+        )
+        for i in range(n)
+    )
+    return rows
+
+
+def result(
+    *, queue: str = "default", status: str = "succeeded", finished_ago: float = 10.0, **f: Any
+) -> TaskResult:
+    row = TaskResult.objects.create(
+        task_id=f.pop("task_id", None) or uuid.uuid4(),
+        status=status,
+        task_name=f.pop("task_name", "workers.tasks.echo"),
+        queue_name=queue,
+        expires_at=later(86400),
+        **f,
+    )
+    TaskResult.objects.filter(pk=row.pk).update(
+        finished_at=ago(finished_ago), started_at=ago(finished_ago + 0.25)
+    )
+    return row
+
+
+def dead_letter(*, queue: str = "default", **f: Any) -> DeadLetter:
+    return DeadLetter.objects.create(
+        task_id=f.pop("task_id", None) or uuid.uuid4(),
+        queue_name=queue,
+        task_name=f.pop("task_name", "workers.tasks.always_fails"),
+        payload=f.pop("payload", {"args": ["boom"], "kwargs": {}}),
+        reason=f.pop("reason", "exhausted"),
+        last_error=f.pop("last_error", "RuntimeError: boom"),
+        traceback=f.pop(
+            "traceback",
+            'Traceback (most recent call last):\n  File "workers/tasks.py", line 45, in '
+            "always_fails\n    raise RuntimeError(reason)\nRuntimeError: boom",
+        ),
+        attempts=f.pop("attempts", 2),
+        max_attempts=f.pop("max_attempts", 2),
+        **f,
+    )
+
+
+def worker(worker_id: str, *, queues: list[str], heartbeat_ago: float = 1.0, **f: Any) -> Worker:
+    row = Worker.objects.create(
+        worker_id=worker_id,
+        hostname=f.pop("hostname", "host-a"),
+        pid=f.pop("pid", 4242),
+        queues=queues,
+        concurrency=f.pop("concurrency", 8),
+        **f,
+    )
+    Worker.objects.filter(pk=worker_id).update(
+        heartbeat_at=ago(heartbeat_ago), started_at=ago(heartbeat_ago + 3600)
+    )
+    return row
+
+
+def busy_queues() -> None:
+    """A realistic, partly stuck picture: what the docs and the screenshot show.
+
+    - ``default``: healthy, two live workers draining it, a few delayed retries.
+    - ``email``: stuck: its oldest due job waits for 12 minutes, one job runs past its lease
+      (its worker stopped heartbeating), dead letters piling up.
+    - ``reports``: nothing due, a delayed nightly job, results from earlier.
+    """
+    worker("web-1-4242-a1b2", queues=["default", "email"], hostname="web-1", pid=4242)
+    worker("web-2-5151-c3d4", queues=["default"], hostname="web-2", pid=5151, concurrency=16)
+    worker("mail-1-777-dead", queues=["email"], hostname="mail-1", pid=777, heartbeat_ago=340)
+    for i in range(12):
+        message(queue="default", due_ago=0.5 + i * 0.1)
+    for _ in range(5):
+        message(queue="default", state="claimed", worker_id="web-1-4242-a1b2", due_ago=2)
+    for _ in range(3):
+        message(queue="default", state="claimed", worker_id="web-2-5151-c3d4", due_ago=1)
+    for i in range(4):
+        message(queue="default", delay=30 + i, attempts=1, last_error="TimeoutError: upstream")
+    for i in range(40):
+        message(queue="email", task="workers.tasks.send_receipt", due_ago=720 - i * 5)
+    message(
+        queue="email",
+        task="workers.tasks.send_receipt",
+        state="claimed",
+        worker_id="mail-1-777-dead",
+        due_ago=400,
+        lease_left=-300,
+    )
+    message(queue="reports", task="workers.tasks.nightly_report", delay=6 * 3600)
+    for i in range(30):
+        result(queue="default", finished_ago=20 + i * 5)
+    for i in range(200):
+        result(queue="default", finished_ago=400 + i * 15)
+    for i in range(3):
+        result(queue="default", status="failed", finished_ago=90 + i, error="ValueError: bad")
+    for i in range(25):
+        result(queue="email", finished_ago=900 + i * 60, task_name="workers.tasks.send_receipt")
+    for i in range(6):
+        result(
+            queue="email",
+            status="failed",
+            finished_ago=100 + i * 30,
+            task_name="workers.tasks.send_receipt",
+            error="SMTPServerDisconnected: Connection unexpectedly closed",
+        )
+    for _ in range(6):
+        dead_letter(
+            queue="email",
+            task_name="workers.tasks.send_receipt",
+            last_error="SMTPServerDisconnected: Connection unexpectedly closed",
+        )
+    for i in range(4):
+        result(queue="reports", finished_ago=2000 + i * 300, task_name="workers.tasks.nightly")
+    with connection.cursor() as cursor:  # keep the planner honest on freshly filled tables
+        cursor.execute("ANALYZE pg_queue_message")
+
+
+__all__ = ["ago", "busy_queues", "dead_letter", "later", "message", "messages", "result"]
