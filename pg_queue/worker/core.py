@@ -367,8 +367,12 @@ class Worker:
             if worked:
                 idle = self.conf.poll_interval_min
                 continue
-            self._wake.wait(idle)
-            idle = min(idle * 2, self.conf.poll_interval_max)
+            if self._wake.wait(idle):
+                # Woken by activity (a NOTIFY, or the finisher freeing capacity): work tends to
+                # come in bursts, so poll eagerly again instead of continuing the backoff.
+                idle = self.conf.poll_interval_min
+            else:
+                idle = min(idle * 2, self.conf.poll_interval_max)
 
     @property
     def capacity(self) -> int:
