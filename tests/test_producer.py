@@ -298,3 +298,23 @@ def test_dedup_key_is_free_again_after_the_first_job_is_dead_lettered():
         assert buried == {msg.msg_id}
     again = enqueue("workers.tasks.echo", [2], dedup_key="sync:8")
     assert again.task_id != first.task_id
+
+
+@pytest.mark.django_db
+def test_bulk_copy_round_trips_awkward_text_exactly():
+    awkward = 'tab\there, newline\nthere, cr\r, backslash \\ and \\N, quote " and é ✓'
+    handles = enqueue_many(
+        [
+            job("workers.tasks.echo", [awkward], kwargs={"k\tey": awkward}, tenant_key="t\t\\N")
+            for _ in range(3)
+        ]
+        + [job("workers.tasks.echo", [1], resource_key="res\\path\nx")]
+    )
+    rows = {m.task_id: m for m in QueueMessage.objects.all()}
+    assert len(rows) == 4
+    for handle in handles[:3]:
+        row = rows[handle.task_id]
+        assert row.payload == {"args": [awkward], "kwargs": {"k\tey": awkward}}
+        assert row.tenant_key == "t\t\\N"
+        assert row.resource_key is None
+    assert rows[handles[3].task_id].resource_key == "res\\path\nx"
