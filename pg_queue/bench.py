@@ -233,7 +233,7 @@ def workload_enqueue(n: int, progress: Progress | None = None) -> list[Figures]:
             progress("enqueue one by one", float(i), float(n))
     single = n / (time.perf_counter() - t0)
     cleanup()
-    bulk_n = max(n * 10, 100_000)
+    bulk_n = n * 20  # 100,000 with the default n
     seconds = _bulk(NOOP, bulk_n)
     cleanup()
     return [

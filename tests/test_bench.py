@@ -1,0 +1,53 @@
+"""Smoke test of ``pg_queue_bench``: every workload runs end to end on tiny sizes.
+
+No timing is asserted (the machine is shared); only that each workload produces its figures and
+cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+
+from pg_queue.models import QueueMessage, TaskResult, Worker
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("workload", "n", "variants"),
+    [
+        ("drain", 200, {"results off", "results stored"}),
+        ("enqueue", 50, {"one call per job", "bulk (COPY)"}),
+        ("latency", 20, {"wake-ups on", "wake-ups off (poll)"}),
+        ("rpc", 20, {"wake-ups on", "wake-ups off (poll)"}),
+        ("scale", 2000, None),
+    ],
+)
+def test_bench_workload_reports_figures_and_cleans_up(
+    workload: str, n: int, variants: set[str] | None, worker_env: dict[str, str], monkeypatch: Any
+) -> None:
+    for key, value in worker_env.items():  # the bench's workers must use the test database
+        monkeypatch.setenv(key, value)
+    out = io.StringIO()
+    call_command("pg_queue_bench", workload=workload, n=n, json=True, stdout=out)
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    assert lines, out.getvalue()
+    assert {line["workload"] for line in lines} == {workload}
+    if variants is not None:
+        assert {line["variant"] for line in lines} == variants
+    for line in lines:
+        assert line["n"] > 0
+        figures = [line.get(k) for k in ("jobs_per_s", "p50_ms", "p95_ms", "p99_ms")]
+        assert any(isinstance(f, int | float) and f > 0 for f in figures), line
+    if workload == "drain":
+        assert all(0 < line["worker_rss_mb"] < 1000 for line in lines)
+    if workload == "scale":
+        assert any("ratio_to_shallow" in line for line in lines)
+    assert not QueueMessage.objects.filter(queue_name="pg_queue_bench").exists()
+    assert not TaskResult.objects.filter(queue_name="pg_queue_bench").exists()
+    assert not Worker.objects.exists()
