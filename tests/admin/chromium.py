@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.debian import apt_get, find_executable
 
 #: Longest the package install may take (apt-get install, then update + install once more).
 INSTALL_TIMEOUT = 400.0
@@ -37,36 +37,7 @@ FLAGS = (
 
 
 def _which(names: tuple[str, ...]) -> str | None:
-    for name in names:
-        found = shutil.which(name) or next(
-            (
-                str(Path(d) / name)
-                for d in ("/usr/bin", "/usr/lib/chromium")
-                if (Path(d) / name).is_file() and os.access(Path(d) / name, os.X_OK)
-            ),
-            None,
-        )
-        if found:
-            return found
-    return None
-
-
-def _apt(*args: str, timeout: float) -> tuple[bool, str]:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        proc = subprocess.run(
-            ["apt-get", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return False, f"apt-get {' '.join(args)} timed out after {timeout:.0f}s"
-    return proc.returncode == 0, proc.stdout[-2000:]
+    return find_executable(names, ("/usr/bin", "/usr/lib/chromium"))
 
 
 def chromium_paths() -> tuple[str, str]:
@@ -81,11 +52,11 @@ def chromium_paths() -> tuple[str, str]:
             "'chromium' and 'chromium-driver' to run it"
         )
     deadline = time.monotonic() + INSTALL_TIMEOUT
-    ok, log = _apt("install", "-y", "-q", *PACKAGES, timeout=INSTALL_TIMEOUT)
+    ok, log = apt_get("install", "-y", "-q", *PACKAGES, timeout=INSTALL_TIMEOUT)
     if not ok:  # a fresh machine may have empty package lists
-        ok, log = _apt("update", "-q", timeout=max(10.0, deadline - time.monotonic()))
+        ok, log = apt_get("update", "-q", timeout=max(10.0, deadline - time.monotonic()))
         if ok:
-            ok, log = _apt(
+            ok, log = apt_get(
                 "install", "-y", "-q", *PACKAGES, timeout=max(10.0, deadline - time.monotonic())
             )
     browser, driver = _which(BROWSER_NAMES), _which(DRIVER_NAMES)

@@ -23,6 +23,8 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from tests.debian import apt_get, find_executable
+
 #: Longest the package install may take (apt-get install, then update + install once more).
 INSTALL_TIMEOUT = 300.0
 #: Longest PgBouncer may take to accept a query after it was started.
@@ -31,32 +33,7 @@ _SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
 
 
 def _which() -> str | None:
-    found = shutil.which("pgbouncer")
-    if found:
-        return found
-    for folder in _SBIN_DIRS:
-        candidate = Path(folder) / "pgbouncer"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def _apt(*args: str, timeout: float) -> tuple[bool, str]:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        proc = subprocess.run(
-            ["apt-get", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return False, f"apt-get {' '.join(args)} timed out after {timeout:.0f}s"
-    return proc.returncode == 0, proc.stdout[-2000:]
+    return find_executable(("pgbouncer",), _SBIN_DIRS)
 
 
 def pgbouncer_binary() -> str:
@@ -70,11 +47,11 @@ def pgbouncer_binary() -> str:
             "(needs root and apt-get); install the 'pgbouncer' package to run it"
         )
     deadline = time.monotonic() + INSTALL_TIMEOUT
-    ok, log = _apt("install", "-y", "-q", "pgbouncer", timeout=INSTALL_TIMEOUT)
+    ok, log = apt_get("install", "-y", "-q", "pgbouncer", timeout=INSTALL_TIMEOUT)
     if not ok:  # a fresh machine may have empty package lists
-        ok, log = _apt("update", "-q", timeout=max(10.0, deadline - time.monotonic()))
+        ok, log = apt_get("update", "-q", timeout=max(10.0, deadline - time.monotonic()))
         if ok:
-            ok, log = _apt(
+            ok, log = apt_get(
                 "install", "-y", "-q", "pgbouncer", timeout=max(10.0, deadline - time.monotonic())
             )
     found = _which()
