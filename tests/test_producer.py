@@ -318,3 +318,14 @@ def test_bulk_copy_round_trips_awkward_text_exactly():
         assert row.tenant_key == "t\t\\N"
         assert row.resource_key is None
     assert rows[handles[3].task_id].resource_key == "res\\path\nx"
+
+
+def test_task_ids_are_time_ordered_version_7_uuids():
+    from pg_queue.producer import new_task_id
+
+    ids = [new_task_id() for _ in range(1000)]
+    assert {u.version for u in ids} == {7}
+    assert {u.variant for u in ids} == {uuid.RFC_4122}
+    assert len(set(ids)) == 1000
+    stamps = [u.int >> 80 for u in ids]
+    assert stamps == sorted(stamps)  # milliseconds never go backwards within a process
