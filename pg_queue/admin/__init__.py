@@ -1,0 +1,24 @@
+"""The operator surface in the Django admin: queues overview, messages, dead letters, results,
+workers.
+
+Raw rows are never edited here: a saved form would write stale copies of columns a worker owns
+(``vt``, ``lease_token``). Every change is an action from ``pg_queue.operations`` (set-based,
+whatever the number of rows), checked against Django's model permissions (``change`` for run
+now / priority / cancel / requeue, ``delete`` for discard) and recorded as ``LogEntry`` rows in
+one batch: who did what to which job. List pages run a fixed number of queries, however many
+rows they show (no per-row lookups: the database clock and in-flight counts are annotations).
+"""
+
+from pg_queue.admin import messages, records  # noqa: F401  (registers the ModelAdmins)
+from pg_queue.admin.base import MAX_CONFIRM_ROWS, OperatorAdmin
+from pg_queue.admin.messages import QueueMessageAdmin
+from pg_queue.admin.records import DeadLetterAdmin, TaskResultAdmin, WorkerAdmin
+
+__all__ = [
+    "MAX_CONFIRM_ROWS",
+    "DeadLetterAdmin",
+    "OperatorAdmin",
+    "QueueMessageAdmin",
+    "TaskResultAdmin",
+    "WorkerAdmin",
+]

@@ -1,0 +1,295 @@
+"""Shared pieces of the pg_queue admin: filters, formatting helpers, the OperatorAdmin base."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import ActionLocation
+from django.contrib.admin.models import LogEntry
+from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR
+from django.core.exceptions import PermissionDenied
+from django.db.models import F, Model, Q, QuerySet
+from django.db.models.functions import Now
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from pg_queue.models import MessageState
+
+#: Both places an action can run from: the list (selected rows) and a row's detail page.
+BOTH = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
+#: Rows listed by name on a confirmation page (the rest are counted).
+CONFIRM_SAMPLE = 20
+#: Most rows one confirmed action may take: their ids travel in the confirmation form. Beyond
+#: it, narrow the filter or use the management commands.
+MAX_CONFIRM_ROWS = 50_000
+#: Characters of an error shown in a list column.
+ERROR_PREVIEW = 80
+
+
+def _age(later: dt.datetime | None, earlier: dt.datetime | None) -> float | None:
+    if later is None or earlier is None:
+        return None
+    return (later - earlier).total_seconds()
+
+
+def _pre(text: str) -> SafeString:
+    return format_html('<pre class="pgq-pre">{}</pre>', text) if text else SafeString("-")
+
+
+def _short(text: str, limit: int = ERROR_PREVIEW) -> str:
+    line = text.strip().splitlines()[-1] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _badge(text: str, kind: str) -> SafeString:
+    return format_html('<span class="pgq-badge pgq-{}">{}</span>', kind, text)
+
+
+def _search_by_id(queryset: QuerySet[Any], term: str, id_field: str) -> QuerySet[Any] | None:
+    """A full task id (UUID) or a numeric row id; None when ``term`` is neither."""
+    term = term.strip()
+    try:
+        return queryset.filter(task_id=uuid.UUID(term))
+    except ValueError:
+        pass
+    if term.isdigit() and int(term) < 2**63:
+        return queryset.filter(**{id_field: int(term)})
+    return None
+
+
+class InputFilter(admin.SimpleListFilter):
+    """A free-text filter (exact match) for columns with too many values to list."""
+
+    template = "admin/pg_queue/input_filter.html"
+    field_name = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("", "")]  # never shown; a filter needs at least one lookup to render
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value:
+            return queryset.filter(**{self.field_name: value.strip()})
+        return queryset
+
+    def choices(self, changelist: Any) -> Iterator[Any]:
+        # The template needs the other parameters to keep them, and a link to clear this one.
+        yield {
+            "value": self.value() or "",
+            "parameter_name": self.parameter_name,
+            "others": [  # everything else on the page (filters, search, ordering), not the page
+                (k, v)
+                for k, values in changelist.params.items()
+                if k not in (self.parameter_name, PAGE_VAR, ERROR_FLAG)
+                for v in (values if isinstance(values, list) else [values])
+            ],
+            "clear_query_string": changelist.get_query_string(remove=[self.parameter_name]),
+        }
+
+
+class TenantFilter(InputFilter):
+    title = "tenant"
+    parameter_name = "tenant"
+    field_name = "tenant_key"
+
+
+class QueueInputFilter(InputFilter):
+    title = "queue"
+    parameter_name = "queue"
+    field_name = "queue_name"
+
+
+class TaskInputFilter(InputFilter):
+    title = "task"
+    parameter_name = "task"
+    field_name = "task_name"
+
+
+class MessageStateFilter(admin.SimpleListFilter):
+    """The state column, split the way operators think: due, delayed, running, stuck."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("ready", "ready (due or delayed)"),
+            ("due", "ready, due now"),
+            ("delayed", "ready, delayed"),
+            ("claimed", "claimed (running)"),
+            ("lease_expired", "claimed, lease expired"),
+            ("cancel_requested", "cancel requested"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        now = Now()
+        conditions = {
+            "ready": Q(state=MessageState.READY),
+            "due": Q(state=MessageState.READY, available_at__lte=now),
+            "delayed": Q(state=MessageState.READY, available_at__gt=now),
+            "claimed": Q(state=MessageState.CLAIMED),
+            "lease_expired": Q(state=MessageState.CLAIMED, vt__lt=now),
+            "cancel_requested": Q(cancel_requested=True),
+        }
+        condition = conditions.get(self.value() or "")
+        return queryset if condition is None else queryset.filter(condition)
+
+
+class AttemptsFilter(admin.SimpleListFilter):
+    title = "attempts"
+    parameter_name = "attempts"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("0", "not started yet"),
+            ("1", "1"),
+            ("retried", "more than 1"),
+            ("last", "on its last attempt (retried)"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value in ("0", "1"):
+            return queryset.filter(attempts=int(value))
+        if value == "retried":
+            return queryset.filter(attempts__gt=1)
+        if value == "last":  # a failure now would dead-letter it (retried jobs only)
+            return queryset.filter(
+                Q(state=MessageState.READY, attempts__gte=F("max_attempts") - 1)
+                | Q(state=MessageState.CLAIMED, attempts__gte=F("max_attempts")),
+                attempts__gt=0,
+            )
+        return queryset
+
+
+class PriorityForm(forms.Form):
+    priority = forms.IntegerField(
+        min_value=-32768,
+        max_value=32767,
+        help_text="higher runs first among due jobs of a queue (-32768..32767)",
+    )
+
+
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:  # ModelAdmin is generic only in the stubs
+    _ModelAdmin = admin.ModelAdmin
+
+
+class OperatorAdmin(_ModelAdmin):
+    """Read-only rows; changes only through logged, permission-checked actions."""
+
+    #: Columns left out of list pages (big JSON / text); detail pages load them.
+    list_defer: tuple[str, ...] = ()
+    show_full_result_count = False  # one count(*) per page is enough
+    list_per_page = 100
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Actions check the model permission (obj None). A row's form stays view-only: saving
+        # it would write stale copies of columns the worker owns.
+        return obj is None and super().has_change_permission(request)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        match = request.resolver_match
+        if self.list_defer and match is not None and (match.url_name or "").endswith("_changelist"):
+            queryset = queryset.defer(*self.list_defer)
+        return queryset
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields: list[str] = []
+        for fieldset in self.get_fieldsets(request, obj):
+            fields += [f for f in fieldset[1]["fields"] if isinstance(f, str)]
+        return fields
+
+    # --- helpers for actions ------------------------------------------------------------------
+
+    def _log(self, request: HttpRequest, objects: Sequence[Model], flag: int, message: str) -> None:
+        """One batch of LogEntry rows: who (the user) did what (message) to which rows."""
+        if objects:
+            LogEntry.objects.log_actions(
+                user_id=request.user.pk or 0,  # admin views require a logged-in user
+                queryset=objects,  # any iterable of instances; only pk and str() are read
+                action_flag=flag,
+                change_message=message,
+            )
+
+    def _actor(self, request: HttpRequest) -> str:
+        return request.user.get_username() or f"user {request.user.pk}"
+
+    def _changelist_url(self) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+
+    def _selected_ids(self, request: HttpRequest, queryset: QuerySet[Any]) -> list[int]:
+        """The confirmed ids (frozen when the confirmation page was shown), or the selection."""
+        raw = request.POST.get("pgq_ids")
+        if raw is not None:
+            try:
+                return [int(i) for i in raw.split(",") if i]
+            except ValueError:
+                raise PermissionDenied("malformed confirmation") from None
+        return list(queryset.values_list("pk", flat=True))
+
+    def _confirm(
+        self,
+        request: HttpRequest,
+        ids: list[int],
+        *,
+        action: str,
+        title: str,
+        question: str,
+        details: list[str],
+        sample: Iterable[Any],
+        submit: str,
+        form: forms.Form | None = None,
+    ) -> HttpResponse:
+        """An intermediate page that posts the action back with the ids it showed."""
+        on_form = f"{ActionLocation.CHANGE_FORM.value}-action" in request.POST
+        echo = (
+            [(f"{ActionLocation.CHANGE_FORM.value}-action", action)]
+            if on_form
+            else [("action", action), ("select_across", "1")]
+        )
+        echo += [("_selected_action", str(ids[0])), ("pgq_ids", ",".join(map(str, ids)))]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.opts,
+            "question": question,
+            "details": details,
+            "sample": list(sample),
+            "more": max(0, len(ids) - CONFIRM_SAMPLE),
+            "echo": echo,
+            "form": form,
+            "submit": submit,
+            "back_url": request.get_full_path(),
+        }
+        return TemplateResponse(request, "admin/pg_queue/confirm_action.html", context)
+
+    def _too_many(self, request: HttpRequest, ids: list[int]) -> bool:
+        if len(ids) > MAX_CONFIRM_ROWS:
+            self.message_user(
+                request,
+                f"{len(ids)} rows selected; at most {MAX_CONFIRM_ROWS} per confirmed action. "
+                "Narrow the filter, or use the pg_queue_* management commands.",
+                messages.ERROR,
+            )
+            return True
+        return False
+
+    def _back(self, request: HttpRequest, gone: bool) -> HttpResponse | None:
+        """After an action on a detail page whose row is gone, go to the list instead."""
+        if gone and f"{ActionLocation.CHANGE_FORM.value}-action" in request.POST:
+            return HttpResponseRedirect(self._changelist_url())
+        return None
