@@ -16,7 +16,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from pg_queue import operations
+from pg_queue import masking, operations, overview
 from pg_queue.admin.base import (
     BOTH,
     CONFIRM_SAMPLE,
@@ -32,7 +32,7 @@ from pg_queue.admin.base import (
     _short,
 )
 from pg_queue.models import MessageState, QueueMessage
-from pg_queue.operations import format_age
+from pg_queue.overview import format_age
 
 # --- messages ----------------------------------------------------------------------------------
 
@@ -135,27 +135,27 @@ class QueueMessageAdmin(OperatorAdmin):
         return found, False
 
     def get_urls(self) -> list[URLPattern]:
-        overview = path(
+        overview_url = path(
             "overview/",
             self.admin_site.admin_view(self.overview_view),
             name="pg_queue_overview",
         )
-        return [overview, *super().get_urls()]
+        return [overview_url, *super().get_urls()]
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         """The queues overview: counts per queue, workers, and what is stuck (in red)."""
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
-        overview = operations.queue_overview()
+        snapshot = overview.queue_overview()
         refresh = request.GET.get("refresh", "")
         context = {
             **self.admin_site.each_context(request),
             "title": "Queues overview",
             "opts": self.opts,
-            "overview": overview,
-            "rows": [_queue_row(q) for q in overview.queues],
-            "totals": _queue_row(overview.totals),
-            "workers": [_worker_row(w) for w in overview.workers],
+            "overview": snapshot,
+            "rows": [_queue_row(q) for q in snapshot.queues],
+            "totals": _queue_row(snapshot.totals),
+            "workers": [_worker_row(w) for w in snapshot.workers],
             "refresh": int(refresh) if refresh.isdigit() and 1 <= int(refresh) <= 3600 else 0,
             "messages_url": self._changelist_url(),
             "dead_letters_url": reverse("admin:pg_queue_deadletter_changelist"),
@@ -213,7 +213,7 @@ class QueueMessageAdmin(OperatorAdmin):
 
     @admin.display(description="payload")
     def payload_display(self, obj: QueueMessage) -> SafeString:
-        return _pre(operations.pretty_json(obj.payload))
+        return _pre(masking.pretty_json(obj.payload))
 
     # --- actions ------------------------------------------------------------------------------
 
@@ -334,7 +334,7 @@ class QueueMessageAdmin(OperatorAdmin):
         return None
 
 
-def _queue_row(q: operations.QueueStats) -> dict[str, Any]:
+def _queue_row(q: overview.QueueStats) -> dict[str, Any]:
     return {
         "q": q,
         "oldest": format_age(q.oldest_ready_seconds),
@@ -342,7 +342,7 @@ def _queue_row(q: operations.QueueStats) -> dict[str, Any]:
     }
 
 
-def _worker_row(w: operations.WorkerStats) -> dict[str, Any]:
+def _worker_row(w: overview.WorkerStats) -> dict[str, Any]:
     return {
         "w": w,
         "heartbeat": format_age(w.heartbeat_age_seconds),

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from pg_queue import operations
+from pg_queue import masking, operations, overview
 from pg_queue.admin.base import (
     BOTH,
     CONFIRM_SAMPLE,
@@ -28,7 +28,7 @@ from pg_queue.admin.base import (
     _short,
 )
 from pg_queue.models import DeadLetter, MessageState, QueueMessage, TaskResult, Worker
-from pg_queue.operations import format_age
+from pg_queue.overview import format_age
 
 # --- dead letters ------------------------------------------------------------------------------
 
@@ -116,7 +116,7 @@ class DeadLetterAdmin(OperatorAdmin):
 
     @admin.display(description="payload")
     def payload_display(self, obj: DeadLetter) -> SafeString:
-        return _pre(operations.pretty_json(obj.payload))
+        return _pre(masking.pretty_json(obj.payload))
 
     @admin.action(
         permissions=["change"],
@@ -247,7 +247,7 @@ class TaskResultAdmin(OperatorAdmin):
 
     @admin.display(description="result")
     def result_display(self, obj: TaskResult) -> SafeString:
-        return _pre(operations.pretty_json(obj.result))
+        return _pre(masking.pretty_json(obj.result))
 
 
 # --- workers -----------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ class WorkerAdmin(OperatorAdmin):
     def heartbeat_display(self, obj: Worker) -> SafeString:
         age = _age(getattr(obj, "db_now", None), obj.heartbeat_at)
         text = f"{format_age(age)} ago"
-        if age is not None and age > operations.worker_stale_seconds():
+        if age is not None and age > overview.worker_stale_seconds():
             return _badge(f"stale: {text}", "stuck")
         return format_html("{}", text)
 
