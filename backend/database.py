@@ -8,6 +8,7 @@ processes started from here reuse it instead of deciding again.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -36,8 +37,36 @@ def _embedded_url(data_dir: Path) -> str:
         import pgserver  # imported only when needed: it is a large package
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(data_dir)
     _embedded_server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
     return f"postgres://postgres@{quote(str(data_dir), safe='')}/postgres"
+
+
+def _forget_dead_handles(data_dir: Path) -> None:
+    """Drop pids of exited processes from pgserver's handle list.
+
+    pgserver stops its server when the last process holding a handle exits, but a process that
+    died without running its exit hooks (killed, ``os._exit``) stays in the list forever, and
+    then the server is never stopped. Pruning it here makes "last handle" mean what it says.
+    """
+    handles = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _process_exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def resolve_database_url(base_dir: Path) -> tuple[str, str]:
