@@ -226,6 +226,7 @@ class Worker:
         self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._done: deque[Outcome] = deque()
         self._done_event = threading.Event()  # task threads -> finisher
+        self._histogram_children: dict[str, tuple[Any, Any]] = {}
         self._finisher_stop = threading.Event()
         self._finisher: threading.Thread | None = None
         self.finisher_busy = False  # holds finishes it has not written yet
@@ -686,7 +687,7 @@ class Worker:
             start = time.monotonic()
             started = msg.claimed_at + dt.timedelta(seconds=start - job.claimed_mono)
             if msg.attempts == 1:  # from due time, so a delay is not counted as latency
-                metrics.ENQUEUE_TO_START.labels(msg.queue_name).observe(
+                self._histograms(msg.queue_name)[0].observe(
                     max(0.0, (started - msg.available_at).total_seconds())
                 )
             with self._running_lock:
@@ -706,7 +707,7 @@ class Worker:
                 return
             took = time.monotonic() - start
             self._avg_task_seconds += TASK_SECONDS_EWMA * (took - self._avg_task_seconds)
-            metrics.TASK_DURATION.labels(msg.queue_name).observe(took)
+            self._histograms(msg.queue_name)[1].observe(took)
             self._done.append(outcome)
             self._done_event.set()
 
@@ -768,6 +769,19 @@ class Worker:
             )
         if conn is not None:
             conn.close()
+
+    def _histograms(self, queue_name: str) -> tuple[Any, Any]:
+        """The per-queue (enqueue-to-start, duration) histogram children, looked up once.
+
+        ``.labels()`` takes a lock and builds a key on every call; per job that adds up.
+        """
+        found = self._histogram_children.get(queue_name)
+        if found is None:
+            found = self._histogram_children[queue_name] = (
+                metrics.ENQUEUE_TO_START.labels(queue_name),
+                metrics.TASK_DURATION.labels(queue_name),
+            )
+        return found
 
     def _enforce_time_limits(self) -> None:
         """Fail jobs past their time limit, stop renewing them, and recover their slots."""
