@@ -36,6 +36,7 @@ from pg_queue.exceptions import PayloadError, TaskNotFound
 from pg_queue.models import DeadLetterReason
 from pg_queue.notify import Listener
 from pg_queue.payload import TaskPayload
+from pg_queue.producer import JobSpec
 from pg_queue.registry import resolve
 from pg_queue.worker.continuations import (
     enqueue_continuations,
@@ -593,10 +594,7 @@ class Worker:
                     b.reason,
                     b.error,
                 )
-                if b.on_error is not None:
-                    continuations.append(
-                        (b.msg.task_id, error_spec(b.on_error, b.msg.task_id, b.error))
-                    )
+            continuations += _error_continuations(pending.burials, buried)
         if pending.cancels:
             cancelled = claim.message_cancel(
                 conn, pending.cancels, ttl=ttl, notify=self._notify_results
@@ -613,10 +611,7 @@ class Worker:
                     c.msg.queue_name,
                     c.error,
                 )
-                if c.on_error is not None:
-                    continuations.append(
-                        (c.msg.task_id, error_spec(c.on_error, c.msg.task_id, c.error))
-                    )
+            continuations += _error_continuations(pending.cancels, cancelled)
         enqueue_continuations(conn, continuations)
         return buried
 
@@ -993,3 +988,14 @@ def _count_by_queue(counter: Any, items: list[Any], written: set[int]) -> None:
             per_queue[item.msg.queue_name] = per_queue.get(item.msg.queue_name, 0) + 1
     for queue_name, count in per_queue.items():
         counter.labels(queue_name).inc(count)
+
+
+def _error_continuations(
+    items: list[Bury] | list[Cancelled], written: set[int]
+) -> list[tuple[uuid.UUID, JobSpec]]:
+    """The on_error continuations of the dead-lettered or cancelled jobs actually written."""
+    return [
+        (item.msg.task_id, error_spec(item.on_error, item.msg.task_id, item.error))
+        for item in items
+        if item.on_error is not None and item.msg.msg_id in written
+    ]
