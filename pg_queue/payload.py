@@ -38,6 +38,8 @@ def coerce_json(value: Any, path: str) -> Any:
             return value
         raise PayloadError(f"{path} is {value!r}: NaN and infinity are not valid JSON")
     if kind is list or kind is tuple:
+        if all(type(item) in _SCALARS for item in value):  # the common flat case
+            return list(value)
         return [coerce_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
     if kind is dict:
         out: dict[str, Any] = {}

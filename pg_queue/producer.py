@@ -11,12 +11,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from django.db import connections
+from django.db import connections, transaction
 
 from pg_queue import sql
 from pg_queue.celery_compat import celery_max_attempts
@@ -29,6 +29,9 @@ logger = logging.getLogger("pg_queue.producer")
 
 #: Rows per bulk statement; bounds one statement's memory and lock footprint.
 BULK_CHUNK = 5_000
+#: COPY lines sent to the server per write: big enough to amortise the call, small enough that
+#: the server starts inserting while the next rows are still being built.
+COPY_BLOCK_ROWS = 256
 #: A dedup race (the live duplicate finished between our INSERT and SELECT) is retried this often.
 DEDUP_RETRIES = 3
 
@@ -68,6 +71,7 @@ class _Row(NamedTuple):
     tenant_key: str
     resource_key: str | None
     dedup_key: str | None
+    resolved: _Resolved
 
 
 #: Column widths of pg_queue_message; checked here so a long name is a ValueError at the call,
@@ -77,6 +81,8 @@ QUEUE_NAME_MAX, TASK_NAME_MAX, TENANT_KEY_MAX, KEY_MAX = 200, 300, 200, 300
 
 _V7_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _V7_SET = (0x7 << 76) | (0x2 << 62)
+_new_uuid = object.__new__
+_set_slot = object.__setattr__
 
 
 def new_task_id() -> uuid.UUID:
@@ -87,7 +93,11 @@ def new_task_id() -> uuid.UUID:
     COPY of 100,000 jobs went from ~11-15 to ~8 µs per row.
     """
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    return uuid.UUID(int=(value & _V7_CLEAR) | _V7_SET)
+    # uuid.UUID(int=...) re-checks the range and costs ~1 µs; ours is in range by construction.
+    task_id = _new_uuid(uuid.UUID)
+    _set_slot(task_id, "int", (value & _V7_CLEAR) | _V7_SET)
+    _set_slot(task_id, "is_safe", uuid.SafeUUID.unknown)
+    return task_id
 
 
 def _check_length(label: str, value: str, limit: int) -> None:
@@ -103,6 +113,17 @@ class _Resolved:
     priority: int
     delay: float
     max_attempts: int
+    #: The COPY text line of a job around its id and payload, formatted once per batch.
+    copy_head: str
+    copy_tail: str
+
+
+def _copy_field(value: str) -> str:
+    """``value`` escaped for COPY's text format (backslash, tab, newline, carriage return)."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\t", "\\t")
+        return value.replace("\n", "\\n").replace("\r", "\\r")
+    return value
 
 
 def _resolve(task_name: Any, opts: EnqueueOptions) -> _Resolved:
@@ -137,18 +158,32 @@ def _resolve(task_name: Any, opts: EnqueueOptions) -> _Resolved:
         raise ValueError("give delay or eta, not both")
     if opts.eta is not None and opts.eta.tzinfo is None:
         raise ValueError("eta must be timezone-aware (naive datetimes are ambiguous)")
-    return _Resolved(queue, priority, delay, max_attempts)
+    resource = "\\N" if opts.resource_key is None else _copy_field(opts.resource_key)
+    tenant = _copy_field(opts.tenant_key or "")
+    return _Resolved(
+        queue,
+        priority,
+        delay,
+        max_attempts,
+        copy_head=f"\t{_copy_field(queue)}\t{_copy_field(task_name)}\t",
+        copy_tail=f"\t{priority}\t{max_attempts}\t{tenant}\t{resource}\n",
+    )
 
 
 def _validate(
-    spec: JobSpec, cache: dict[tuple[str, EnqueueOptions], _Resolved] | None = None
+    spec: JobSpec, cache: dict[str | tuple[str, EnqueueOptions], _Resolved] | None = None
 ) -> _Row:
-    """A checked, JSON-encoded row for ``spec``; ``cache`` shares option checks in a batch."""
-    if not isinstance(spec.args, list | tuple):
+    """A checked, JSON-encoded row for ``spec``; ``cache`` shares option checks in a batch.
+
+    Bulk enqueue calls this once per job, so the common case is kept to exact type checks
+    (an ABC ``isinstance`` alone costs ~0.3 µs) and positional construction.
+    """
+    args, kwargs = spec.args, spec.kwargs
+    if type(args) is not list and not isinstance(args, list | tuple):
         raise ValueError(
             f"args for {spec.task_name!r} must be a list or tuple, got {type(spec.args).__name__}"
         )
-    if not isinstance(spec.kwargs, Mapping):
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
         raise ValueError(
             f"kwargs for {spec.task_name!r} must be a dict, got {type(spec.kwargs).__name__}"
         )
@@ -156,7 +191,8 @@ def _validate(
     if cache is None:
         resolved = _resolve(spec.task_name, opts)
     else:
-        key = (spec.task_name, opts)
+        # Hashing an EnqueueOptions costs ~0.5 µs; the common "no options" case skips it.
+        key = spec.task_name if opts is _NO_OPTIONS else (spec.task_name, opts)
         found = cache.get(key)
         resolved = cache[key] = found if found is not None else _resolve(spec.task_name, opts)
     if spec.headers or spec.on_success or spec.on_error or spec.reply_key:
@@ -170,21 +206,22 @@ def _validate(
         ).to_json()
     else:  # the common case, without building a TaskPayload
         payload = {
-            "args": coerce_json(spec.args, "args"),
-            "kwargs": coerce_json(spec.kwargs, "kwargs") if spec.kwargs else {},
+            "args": coerce_json(args, "args"),
+            "kwargs": coerce_json(kwargs, "kwargs") if kwargs else {},
         }
     return _Row(
-        task_id=new_task_id(),
-        queue=resolved.queue,
-        task_name=spec.task_name,
-        payload=dumps(payload),
-        priority=resolved.priority,
-        delay=resolved.delay,
-        eta=opts.eta,
-        max_attempts=resolved.max_attempts,
-        tenant_key=opts.tenant_key or "",
-        resource_key=opts.resource_key,
-        dedup_key=opts.dedup_key,
+        new_task_id(),
+        resolved.queue,
+        spec.task_name,
+        dumps(payload),
+        resolved.priority,
+        resolved.delay,
+        opts.eta,
+        resolved.max_attempts,
+        opts.tenant_key or "",
+        opts.resource_key,
+        opts.dedup_key,
+        resolved,
     )
 
 
@@ -276,38 +313,96 @@ def job(
         task_name=task_name,
         args=list(args),
         kwargs={} if kwargs is None else kwargs,
-        options=EnqueueOptions(**options) if options else _NO_OPTIONS,
+        options=_options(options),
     )
 
 
-def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[TaskHandle]:
-    """Insert many jobs in as few statements as possible, in the caller's transaction.
+def _options(options: dict[str, Any]) -> EnqueueOptions:
+    """``EnqueueOptions`` from keyword options; options left at None share one instance."""
+    given = {name: value for name, value in options.items() if value is not None}
+    return EnqueueOptions(**given) if given else _NO_OPTIONS
 
-    Immediate jobs go in by COPY; delayed ones by one multi-row INSERT per chunk; jobs with a
-    dedup key one by one (a live duplicate wins). Every spec is validated before anything is
-    written, so one bad argument rejects the whole call and nothing half-inserted is left.
+
+def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[TaskHandle]:
+    """Insert many jobs in as few statements as possible, all or nothing.
+
+    Immediate jobs stream into one COPY while later specs are still being validated, so the
+    database inserts rows on its own core while Python builds the next ones; delayed jobs follow
+    by one multi-row INSERT per chunk, and jobs with a dedup key one by one (a live duplicate
+    wins). The call runs in its own transaction, or a savepoint inside the caller's
+    ``atomic()``: one bad spec raises ``ValueError`` naming the problem, the COPY is abandoned,
+    nothing of the call is left behind and the caller's transaction stays usable.
     """
-    cache: dict[tuple[str, EnqueueOptions], _Resolved] = {}
-    rows = [_validate(spec, cache) for spec in specs]
-    if not rows:
-        return []
-    plain = [r for r in rows if r.dedup_key is None and r.delay == 0 and r.eta is None]
-    delayed = [r for r in rows if r.dedup_key is None and (r.delay or r.eta is not None)]
-    handles: dict[uuid.UUID, TaskHandle] = {}
-    with connections[using].cursor() as cursor:
-        if plain:
-            _copy_rows(cursor, plain)
+    connection = connections[using]
+    cache: dict[str | tuple[str, EnqueueOptions], _Resolved] = {}
+    handles: list[TaskHandle] = []
+    later: list[_Row] = []
+    queues: set[str] = set()
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        specs = iter(specs)
+        for spec in specs:  # rows before the first immediate one need no COPY yet
+            row = _validate(spec, cache)
+            handles.append(TaskHandle(row.task_id, row.task_name, row.queue, using))
+            if row.dedup_key is None and row.delay == 0 and row.eta is None:
+                _copy_rows(cursor, row, specs, cache, handles, later, queues, using)
+                break
+            later.append(row)
+        if not handles:
+            return []
+        delayed = [r for r in later if r.dedup_key is None]
         for start in range(0, len(delayed), BULK_CHUNK):
             _insert_many(cursor, delayed[start : start + BULK_CHUNK])
-        for r in rows:
-            if r.dedup_key is not None:
-                handles[r.task_id] = _insert_row(cursor, r, using, notify=True)
+        deduped = {
+            r.task_id: _insert_row(cursor, r, using, notify=True) for r in later if r.dedup_key
+        }
         if queue_settings().notify:
-            for queue in sorted({r.queue for r in plain}):
+            for queue in sorted(queues):
                 cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})
-    return [
-        handles.get(r.task_id) or TaskHandle(r.task_id, r.task_name, r.queue, using) for r in rows
-    ]
+    if deduped:  # a live duplicate's handle replaces ours
+        return [deduped.get(h.task_id, h) for h in handles]
+    return handles
+
+
+def _copy_rows(
+    cursor: Any,
+    first: _Row,
+    specs: Iterator[JobSpec],
+    cache: dict[str | tuple[str, EnqueueOptions], _Resolved],
+    handles: list[TaskHandle],
+    later: list[_Row],
+    queues: set[str],
+    using: str,
+) -> None:
+    """COPY ``first`` and every later immediate spec; the others go to ``later``.
+
+    Lines are formatted here (each batch's fixed columns once, in ``_Resolved``) and sent
+    in blocks: per-value adaptation by ``write_row`` was a third of the Python time per job. The
+    database's defaults stamp enqueued_at/available_at. An exception while building rows leaves
+    the ``with`` block, which makes psycopg abort the COPY (nothing of it is kept) and re-raise.
+    """
+    lines: list[str] = []
+    with cursor.copy(sql.MESSAGE_COPY) as copy:
+        row: _Row | None = first
+        while row is not None:
+            resolved = row.resolved
+            payload = row.payload  # JSON text escapes every control character but backslash
+            if "\\" in payload:
+                payload = payload.replace("\\", "\\\\")
+            lines.append(f"{row.task_id.hex}{resolved.copy_head}{payload}{resolved.copy_tail}")
+            queues.add(row.queue)
+            if len(lines) == COPY_BLOCK_ROWS:
+                copy.write("".join(lines))
+                lines.clear()
+            row = None
+            for spec in specs:
+                found = _validate(spec, cache)
+                handles.append(TaskHandle(found.task_id, found.task_name, found.queue, using))
+                if found.dedup_key is None and found.delay == 0 and found.eta is None:
+                    row = found
+                    break
+                later.append(found)
+        if lines:
+            copy.write("".join(lines))
 
 
 def _insert_row(cursor: Any, row: _Row, using: str, *, notify: bool) -> TaskHandle:
@@ -335,24 +430,6 @@ def _insert_row(cursor: Any, row: _Row, using: str, *, notify: bool) -> TaskHand
     raise RuntimeError(f"dedup_key {row.dedup_key!r} kept racing; gave up after {DEDUP_RETRIES}")
 
 
-def _copy_rows(cursor: Any, rows: list[_Row]) -> None:
-    """COPY immediate rows in; the database's defaults stamp enqueued_at/available_at."""
-    with cursor.copy(sql.MESSAGE_COPY) as copy:
-        for r in rows:
-            copy.write_row(
-                (
-                    r.task_id,
-                    r.queue,
-                    r.task_name,
-                    r.payload,
-                    r.priority,
-                    r.max_attempts,
-                    r.tenant_key,
-                    r.resource_key,
-                )
-            )
-
-
 def _insert_many(cursor: Any, rows: list[_Row]) -> None:
     """One multi-row INSERT for delayed rows (``available_at`` computed by the database)."""
     cursor.execute(sql.MESSAGE_INSERT_MANY, _bulk_params(rows))
@@ -364,7 +441,7 @@ def bulk_params(specs: list[JobSpec]) -> dict[str, Any]:
     Used by the worker to enqueue continuations on its own connection, inside its ack
     transaction; raises ``ValueError`` naming the problem like ``enqueue`` does.
     """
-    cache: dict[tuple[str, EnqueueOptions], _Resolved] = {}
+    cache: dict[str | tuple[str, EnqueueOptions], _Resolved] = {}
     return _bulk_params([_validate(spec, cache) for spec in specs])
 
 

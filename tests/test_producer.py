@@ -138,6 +138,35 @@ def test_invalid_argument_is_a_value_error_naming_the_path_and_inserts_nothing(a
 
 
 @pytest.mark.django_db
+def test_a_bad_spec_late_in_a_big_batch_leaves_the_callers_transaction_usable():
+    """Rows stream into the COPY while later specs are checked; the bad one aborts the COPY,
+    and only the call's own savepoint is rolled back, not the caller's earlier work."""
+    specs = [job("workers.tasks.echo", [i]) for i in range(5000)]
+    specs.append(job("workers.tasks.echo", [{"when": object()}]))
+    with transaction.atomic():
+        earlier = enqueue("workers.tasks.echo", ["kept"])
+        with pytest.raises(ValueError, match=re.escape("args[0]['when']")):
+            enqueue_many(specs)
+        later = enqueue("workers.tasks.echo", ["also kept"])
+    assert set(QueueMessage.objects.values_list("task_id", flat=True)) == {
+        earlier.task_id,
+        later.task_id,
+    }
+
+
+@pytest.mark.django_db
+def test_enqueue_many_keeps_handle_order_across_mixed_delayed_dedup_and_immediate_specs():
+    kinds = [{"delay": 30}, {}, {"dedup_key": "x"}, {}, {"delay": 5}, {}, {"dedup_key": "y"}]
+    handles = enqueue_many(job("workers.tasks.echo", [i], **kw) for i, kw in enumerate(kinds))
+    rows = {m.task_id: m for m in QueueMessage.objects.all()}
+    assert len(rows) == len(kinds)
+    assert [rows[h.task_id].payload["args"] for h in handles] == [[i] for i in range(len(kinds))]
+    assert [rows[h.task_id].dedup_key for h in handles] == [None, None, "x", None, None, None, "y"]
+    assert_offset(rows[handles[0].task_id], 30)
+    assert_offset(rows[handles[1].task_id], 0)
+
+
+@pytest.mark.django_db
 def test_one_bad_spec_rejects_the_whole_enqueue_many_batch():
     specs = [job("workers.tasks.echo", [i]) for i in range(10)]
     specs.insert(5, job("workers.tasks.echo", [1, {"x": float("nan")}]))
@@ -309,9 +338,11 @@ def test_bulk_copy_round_trips_awkward_text_exactly():
             for _ in range(3)
         ]
         + [job("workers.tasks.echo", [1], resource_key="res\\path\nx")]
+        + [job("workers.tasks.echo", [2], queue="q\\1\tx\n")]
     )
     rows = {m.task_id: m for m in QueueMessage.objects.all()}
-    assert len(rows) == 4
+    assert len(rows) == 5
+    assert rows[handles[4].task_id].queue_name == handles[4].queue_name == "q\\1\tx\n"
     for handle in handles[:3]:
         row = rows[handle.task_id]
         assert row.payload == {"args": [awkward], "kwargs": {"k\tey": awkward}}
@@ -325,6 +356,7 @@ def test_task_ids_are_time_ordered_version_7_uuids():
 
     ids = [new_task_id() for _ in range(1000)]
     assert {u.version for u in ids} == {7}
+    assert all(uuid.UUID(str(u)) == u and hash(uuid.UUID(u.hex)) == hash(u) for u in ids)
     assert {u.variant for u in ids} == {uuid.RFC_4122}
     assert len(set(ids)) == 1000
     stamps = [u.int >> 80 for u in ids]
