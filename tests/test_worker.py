@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 
 import pytest
 from django.db import connection
 
 from pg_queue.models import DeadLetter, QueueMessage, TaskResult, Worker
 from pg_queue.producer import enqueue, enqueue_many
+from tests.conftest import REPO_ROOT, worker_command
 from workers import tasks
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -198,3 +202,33 @@ def test_two_burst_workers_share_a_queue_without_running_a_job_twice(background_
     assert TaskResult.objects.filter(status="succeeded", attempts=1).count() == total
     assert set(TaskResult.objects.values_list("task_id", flat=True)) == {h.task_id for h in handles}
     assert not QueueMessage.objects.exists()
+
+
+def test_request_reply_traffic_costs_about_one_claim_per_job(worker_env):
+    """A finished job must not wake an idle claim loop, and a short claim must not be retried
+    at once: each only buys an empty claim query (there were ~3 claims per job before)."""
+    proc = subprocess.Popen(
+        worker_command("--concurrency", "4", burst=False),
+        cwd=REPO_ROOT,
+        env=worker_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        jobs = 40
+        for i in range(jobs):
+            assert tasks.echo.enqueue(i).wait(timeout=60).result == i
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=15)
+    assert_clean_exit(proc.returncode, output)
+    found = re.search(r"claimed=(\d+) .*claim_queries=(\d+)", output)
+    assert found is not None, output
+    claimed, queries = int(found[1]), int(found[2])
+    assert claimed == jobs
+    # One claim per job, plus a few idle polls (the first after 10 ms without a NOTIFY).
+    assert queries <= 2 * jobs, output

@@ -232,6 +232,11 @@ class Worker:
         self._finisher: threading.Thread | None = None
         self.finisher_busy = False  # holds finishes it has not written yet
         self._wake = threading.Event()
+        # False while the claim loop waits for new jobs only (its last claim came back short):
+        # then a finished job frees capacity nobody needs, and waking the loop would only buy an
+        # empty claim (measured: ~2 wasted claims per job under request-reply traffic).
+        self._wake_on_finish = True
+        self._last_claim_full = False
         self._stop = threading.Event()
         self._halt = threading.Event()  # set when the coordinator has finished
         self._inflight: dict[int, ClaimedMessage] = {}
@@ -331,8 +336,10 @@ class Worker:
         stop_deadline: float | None = None
         while True:
             self._wake.clear()
+            self._wake_on_finish = True  # set before looking at capacity, so no finish is missed
             self.last_claim_loop = time.monotonic()
             worked = False
+            waits_for_work = False
             if self._running and self.last_claim_loop >= self._next_limit_check:
                 self._enforce_time_limits()
             try:
@@ -348,6 +355,7 @@ class Worker:
                         worked = True
                     elif self._finished_claiming():
                         return
+                    waits_for_work = not self._last_claim_full
                 elif self._finished_claiming():  # e.g. --max-tasks reached and all acked
                     return
                 reconnect_sleep = RECONNECT_MIN
@@ -368,7 +376,10 @@ class Worker:
                 self.on_progress(self.stats)
             if worked:
                 idle = self.conf.poll_interval_min
-                continue
+                if self._last_claim_full:  # there may be more: claim again at once
+                    continue
+            if waits_for_work and not self.burst and self.max_tasks is None:
+                self._wake_on_finish = False
             if self._wake.wait(idle):
                 # Woken by activity (a NOTIFY, or the finisher freeing capacity): work tends to
                 # come in bursts, so poll eagerly again instead of continuing the backoff.
@@ -430,6 +441,7 @@ class Worker:
         if self.max_tasks is not None:
             limit = min(limit, self.max_tasks - self.stats.claimed)
         total = 0
+        self._last_claim_full = False
         for queue_name in self._queue_order():
             if limit - total <= 0:
                 break
@@ -444,6 +456,7 @@ class Worker:
             if messages:
                 self._accept(messages)
                 total += len(messages)
+        self._last_claim_full = total >= limit
         return total
 
     def _accept(self, messages: list[ClaimedMessage]) -> None:
@@ -735,7 +748,8 @@ class Worker:
                     pending = _Pending()
                     self.finisher_busy = False
                     backoff = RECONNECT_MIN
-                    self._wake.set()  # capacity freed: the claim loop may claim again
+                    if self._wake_on_finish:  # capacity freed: the claim loop may claim again
+                        self._wake.set()
                 except _DB_ERRORS as exc:
                     self.stats.reconnects += 1
                     metrics.RECONNECTS.inc()
