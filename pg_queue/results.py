@@ -30,6 +30,9 @@ WAIT_POLL_MIN = 0.005
 WAIT_POLL_MAX = 0.25
 #: With wake-ups, still poll this often: a lost NOTIFY costs at most this much latency.
 WAIT_POLL_LISTENING = 1.0
+#: Waits shorter than this keep Django's connection: handing it back (close_old_connections)
+#: costs a health-check round trip on the next query, or a reconnect with CONN_MAX_AGE=0.
+HOLD_CONNECTION_WAIT = 0.05
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -107,8 +110,8 @@ class TaskHandle:
         """Block until the job finishes or ``timeout`` seconds pass; never raises for either.
 
         Polls with backoff, clamped to the deadline, and hands the Django connection back
-        between polls. Refuses to run inside ``atomic()``: the job could not even be visible to
-        a worker before the caller's transaction commits.
+        during waits longer than ``HOLD_CONNECTION_WAIT``. Refuses to run inside ``atomic()``:
+        the job could not even be visible to a worker before the caller's transaction commits.
         """
         if connections[self.using].in_atomic_block:
             raise WaitInTransactionError(
@@ -129,12 +132,18 @@ class TaskHandle:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                close_old_connections()
                 if woken is not None:
-                    woken.wait(min(WAIT_POLL_LISTENING, remaining))
+                    step = min(WAIT_POLL_LISTENING, remaining)
+                    short = min(HOLD_CONNECTION_WAIT, step)
+                    if not woken.wait(short) and step > short:
+                        close_old_connections()  # a long wait: hand the connection back
+                        woken.wait(step - short)
                     woken.clear()
                 else:
-                    time.sleep(min(sleep, remaining))
+                    step = min(sleep, remaining)
+                    if step >= HOLD_CONNECTION_WAIT:
+                        close_old_connections()
+                    time.sleep(step)
                     sleep = min(sleep * 2, WAIT_POLL_MAX)
         finally:
             _waiters.unregister(key, woken)

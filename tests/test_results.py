@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
+from pg_queue import results
 from pg_queue.exceptions import WaitInTransactionError
 from pg_queue.producer import enqueue
 from pg_queue.results import TaskHandle
@@ -73,3 +75,17 @@ def test_wait_inside_atomic_raises_wait_in_transaction_error():
             handle.wait(timeout=5)
     # After the block commits, waiting is allowed (and here times out as a value).
     assert handle.wait(timeout=0).status == "timeout"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("hold", "kept"), [(30.0, True), (0.0, False)])
+def test_short_waits_keep_djangos_connection_and_long_ones_hand_it_back(hold, kept, monkeypatch):
+    """Handing the connection back costs a health-check round trip on the next query (or a
+    reconnect with CONN_MAX_AGE=0), so only waits longer than HOLD_CONNECTION_WAIT do it."""
+    monkeypatch.setattr(results, "HOLD_CONNECTION_WAIT", hold)
+    handle = tasks.echo.enqueue(1)  # no worker runs it: the wait times out
+    connection.ensure_connection()
+    before = connection.connection
+    connection.close_at = time.monotonic() - 1  # as if CONN_MAX_AGE had run out
+    assert handle.wait(timeout=0.3).status == "timeout"
+    assert (connection.connection is before) is kept
