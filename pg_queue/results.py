@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.db import close_old_connections, connections
 
 from pg_queue.conf import RESULT_CHANNEL, queue_settings
 from pg_queue.exceptions import WaitInTransactionError
 from pg_queue.notify import Listener
+
+logger = logging.getLogger("pg_queue.results")
 
 #: Statuses a handle may report. "timeout" and "unknown" never come from the database.
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -139,6 +143,9 @@ class TaskHandle:
                         close_old_connections()  # a long wait: hand the connection back
                         woken.wait(step - short)
                     woken.clear()
+                    delivered = _waiters.delivered(key)
+                    if delivered is not None:  # the result came with the wake-up
+                        return delivered
                 else:
                     step = min(sleep, remaining)
                     if step >= HOLD_CONNECTION_WAIT:
@@ -173,6 +180,8 @@ class _ResultWaiters:
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._events: dict[str, set[threading.Event]] = {}
+        # Outcomes that arrived inside a NOTIFY, kept only while someone waits for them.
+        self._delivered: dict[str, TaskOutcome] = {}
         self._listener: Listener | None = None
         self._failed = False
 
@@ -193,6 +202,12 @@ class _ResultWaiters:
                 events.discard(event)
                 if not events:
                     del self._events[key]
+                    self._delivered.pop(key, None)
+
+    def delivered(self, key: str) -> TaskOutcome | None:
+        """The outcome a NOTIFY brought for ``key``, if any (then no query is needed)."""
+        with self._lock:
+            return self._delivered.get(key)
 
     def _ensure_listener(self, using: str) -> bool:
         # A separate lock: the listener's thread takes _lock in _on_payload while starting.
@@ -217,6 +232,9 @@ class _ResultWaiters:
             return True
 
     def _on_payload(self, payload: str) -> None:
+        if payload.startswith("["):
+            self._on_results(payload)
+            return
         with self._lock:
             if payload == "*":  # too many ids for one NOTIFY: everyone re-checks
                 for events in self._events.values():
@@ -226,6 +244,27 @@ class _ResultWaiters:
             for key in payload.split(","):
                 for event in self._events.get(key, ()):
                     event.set()
+
+    def _on_results(self, payload: str) -> None:
+        """A small batch's successes, ``[[task_id, attempts, result], ...]``: hand them over."""
+        try:
+            items = orjson.loads(payload)
+            with self._lock:
+                for task_id, attempts, result in items:
+                    events = self._events.get(task_id)
+                    if not events:
+                        continue
+                    self._delivered[task_id] = TaskOutcome(
+                        task_id=uuid.UUID(task_id),
+                        status=SUCCEEDED,
+                        result=result,
+                        attempts=attempts,
+                    )
+                    for event in events:
+                        event.set()
+        except (ValueError, TypeError) as exc:  # not understood: every waiter re-checks
+            logger.warning("unreadable result notification: %s", exc)
+            self._on_payload("*")
 
     def stop(self) -> None:
         with self._start_lock:

@@ -129,11 +129,19 @@ WITH a AS (
     FROM done AS d
     WHERE d.k
     ON CONFLICT (task_id) DO NOTHING
-    RETURNING task_id
+    RETURNING task_id, attempts, result
 ), woken AS (
-    -- One NOTIFY per batch (delivered at commit) wakes callers waiting on these results.
+    -- One NOTIFY per batch (delivered at commit) wakes callers waiting on these results. A
+    -- small batch (request-reply traffic) carries the results themselves, as a JSON array of
+    -- [task_id, attempts, result], so a waiting caller reads them without a query; otherwise
+    -- the ids, comma-separated; over 200 just '*' (NOTIFY payloads must stay under 8000 B).
     SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
-                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')  -- NOTIFY payload < 8000 B
+                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')
+                WHEN count(*) <= 8 THEN pg_notify(%(channel)s, (
+                    SELECT CASE WHEN coalesce(sum(octet_length(result::text)), 0) <= 4000
+                                THEN jsonb_agg(jsonb_build_array(task_id, attempts, result))::text
+                                ELSE string_agg(task_id::text, ',') END
+                    FROM stored))
                 ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
     FROM stored
 )

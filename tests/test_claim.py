@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import random
 import threading
 import uuid
@@ -139,6 +140,31 @@ def test_ack_of_a_batch_too_big_for_one_notify_payload_still_wakes_waiters(conn)
     listener.close()
     assert payloads == ["*"]
     assert TaskResult.objects.count() == 300
+
+
+@pytest.mark.parametrize(
+    ("results", "carries_results"),
+    [
+        (["2", '"two"', "null"], True),  # request-reply sized: the results ride along
+        (["1"] * 9, False),  # more than 8: ids only
+        (['"' + "x" * 4100 + '"'], False),  # too big to carry: ids only
+    ],
+)
+def test_ack_notify_carries_small_batches_results_and_otherwise_ids(conn, results, carries_results):
+    enqueue_many(job("workers.tasks.echo", [i]) for i in range(len(results)))
+    msgs = claim_all(conn)
+    listener = claim.worker_connection()
+    listener.execute("LISTEN pg_queue_result")
+    items = [Success(m, r, m.claimed_at) for m, r in zip(msgs, results, strict=True)]
+    assert len(claim.message_ack(conn, items, ttl=60, notify=True)) == len(results)
+    [payload] = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+    listener.close()
+    if carries_results:
+        carried = {task_id: (attempts, result) for task_id, attempts, result in json.loads(payload)}
+        expected = {str(m.task_id): (1, json.loads(r)) for m, r in zip(msgs, results, strict=True)}
+        assert carried == expected
+    else:
+        assert set(payload.split(",")) == {str(m.task_id) for m in msgs}
 
 
 def test_ack_with_a_stale_lease_token_does_nothing(conn):

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from pg_queue import results
 from pg_queue.exceptions import WaitInTransactionError
@@ -89,3 +90,20 @@ def test_short_waits_keep_djangos_connection_and_long_ones_hand_it_back(hold, ke
     connection.close_at = time.monotonic() - 1  # as if CONN_MAX_AGE had run out
     assert handle.wait(timeout=0.3).status == "timeout"
     assert (connection.connection is before) is kept
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+@pytest.mark.parametrize(("value", "queries"), [(7, 1), ("x" * 5000, 2)])
+def test_a_small_result_comes_with_the_wake_up_and_a_big_one_is_read(
+    background_worker, value, queries
+):
+    """Request-reply: the ack's NOTIFY carries small results, so the caller's only query is the
+    first check (the job is still queued: the worker starts after it); a big result is read."""
+    handle = tasks.echo.enqueue(value)
+    background_worker("--concurrency", "2")
+    with CaptureQueriesContext(connection) as captured:
+        outcome = handle.wait(timeout=60)
+    assert (outcome.status, outcome.result, outcome.attempts) == ("succeeded", value, 1)
+    assert outcome.task_id == handle.task_id
+    assert len(captured.captured_queries) == queries, captured.captured_queries
