@@ -38,7 +38,8 @@ DEFAULT_POLL_INTERVAL_MAX = 0.5
 DEFAULT_POLL_INTERVAL_MIN = 0.01
 #: Wake idle workers with LISTEN/NOTIFY. Off behind PgBouncer transaction pooling.
 DEFAULT_NOTIFY = True
-#: Let psycopg prepare the hot-path statements. Off behind PgBouncer older than 1.21.
+#: Let psycopg prepare the worker's statements (planned per execution: plan_cache_mode is set
+#: for the session). Off behind a transaction pooler, which would not keep that session setting.
 DEFAULT_PREPARED_STATEMENTS = True
 #: Seconds between the re-arm sweeps every worker runs (expired leases go back to ready).
 DEFAULT_REARM_INTERVAL = 5.0

@@ -415,3 +415,18 @@ def test_claim_with_a_limit_takes_the_highest_priority_rows(conn):
     enqueue_many(job("workers.tasks.echo", [i], priority=i) for i in range(20))
     got = claim.message_claim(conn, queue="default", limit=5, lease=LEASE, worker_id="w")
     assert sorted(m.payload["args"][0] for m in got) == [15, 16, 17, 18, 19]
+
+
+def test_worker_connections_plan_every_claim_for_the_current_table_size():
+    """A generic plan (PostgreSQL's default after five executions of a prepared statement) is
+    costed once, from the table's size at that moment: one made while the queue was empty
+    scans the whole table once the queue is deep. The worker's statements must stay custom."""
+    with claim.worker_connection() as conn:
+        for _ in range(8):
+            claim.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+        plans = conn.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%' "
+            "AND statement NOT LIKE '%pg_prepared_statements%'"
+        ).fetchall()
+    assert plans == [(0, 8)]
