@@ -237,6 +237,12 @@ class Worker:
         # empty claim (measured: ~2 wasted claims per job under request-reply traffic).
         self._wake_on_finish = True
         self._last_claim_full = False
+        # Queues named by NOTIFYs since the last claim. After a short claim (every queue was
+        # drained) only these can have new immediate jobs, so a multi-queue worker woken by
+        # one queue's NOTIFY claims that queue alone instead of paying an empty claim per queue;
+        # due delayed jobs and retries are found by the idle poll, which claims every queue.
+        self._notified: set[str] = set()
+        self._woken_by_wake = False  # did the last idle wait end by a wake-up (not a timeout)?
         self._stop = threading.Event()
         self._halt = threading.Event()  # set when the coordinator has finished
         self._inflight: dict[int, ClaimedMessage] = {}
@@ -380,7 +386,8 @@ class Worker:
                     continue
             if waits_for_work and not self.burst and self.max_tasks is None:
                 self._wake_on_finish = False
-            if self._wake.wait(idle):
+            self._woken_by_wake = self._wake.wait(idle)
+            if self._woken_by_wake:
                 # Woken by activity (a NOTIFY, or the finisher freeing capacity): work tends to
                 # come in bursts, so poll eagerly again instead of continuing the backoff.
                 idle = self.conf.poll_interval_min
@@ -441,8 +448,12 @@ class Worker:
         if self.max_tasks is not None:
             limit = min(limit, self.max_tasks - self.stats.claimed)
         total = 0
+        notified, self._notified = self._notified, set()
+        order = self._queue_order()
+        if notified and not self._last_claim_full and self._woken_by_wake:
+            order = [q for q in order if q in notified]
         self._last_claim_full = False
-        for queue_name in self._queue_order():
+        for queue_name in order:
             if limit - total <= 0:
                 break
             self.stats.claim_queries += 1
@@ -673,6 +684,7 @@ class Worker:
 
     def _on_notify(self, payload: str) -> None:
         if payload in self.queues:
+            self._notified.add(payload)
             self._wake.set()
 
     def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
