@@ -2,7 +2,7 @@
 
 Public API (import from here)::
 
-    from pg_queue import task, enqueue, enqueue_many, job, Retry, JobContext
+    from pg_queue import task, enqueue, enqueue_many, job, call, Retry, JobContext
 """
 
 from typing import TYPE_CHECKING, Any
@@ -13,6 +13,7 @@ __all__ = [
     "Retry",
     "TaskHandle",
     "TaskOutcome",
+    "call",
     "enqueue",
     "enqueue_many",
     "job",
@@ -22,7 +23,7 @@ __all__ = [
 if TYPE_CHECKING:
     from pg_queue.context import JobContext
     from pg_queue.exceptions import Retry
-    from pg_queue.producer import JobSpec, enqueue, enqueue_many, job
+    from pg_queue.producer import JobSpec, call, enqueue, enqueue_many, job
     from pg_queue.registry import task
     from pg_queue.results import TaskHandle, TaskOutcome
 
@@ -30,6 +31,7 @@ _LAZY = {
     "JobContext": "pg_queue.context",
     "Retry": "pg_queue.exceptions",
     "JobSpec": "pg_queue.producer",
+    "call": "pg_queue.producer",
     "enqueue": "pg_queue.producer",
     "enqueue_many": "pg_queue.producer",
     "job": "pg_queue.producer",

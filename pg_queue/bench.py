@@ -20,8 +20,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from pg_queue.bench_tasks import BENCH_QUEUE
-from pg_queue.producer import enqueue, enqueue_many, job
-from pg_queue.results import TaskHandle
+from pg_queue.producer import call, enqueue, enqueue_many, job
 
 NOOP, ECHO = "pg_queue.bench.noop", "pg_queue.bench.echo"
 #: Longest any single workload may run before it is abandoned (every wait has a timeout).
@@ -288,7 +287,7 @@ def workload_latency(
 
 
 def workload_rpc(n: int, notify: bool, progress: Progress | None = None) -> Figures:
-    """W4: blocking call-and-wait round trips, sequential."""
+    """W4: blocking call-and-wait round trips (``pg_queue.call``), sequential."""
     from django.conf import settings
     from django.test import override_settings
 
@@ -301,7 +300,7 @@ def workload_rpc(n: int, notify: bool, progress: Progress | None = None) -> Figu
         with override_settings(PG_QUEUE=overridden):
             for i in range(n):
                 t0 = time.perf_counter()
-                outcome = TaskHandle(enqueue(ECHO, [i]).task_id).wait(timeout=30)
+                outcome = call(ECHO, [i], timeout=30)
                 samples.append((time.perf_counter() - t0) * 1000)
                 if not outcome.ok or outcome.result != i:
                     raise RuntimeError(f"rpc call {i} failed: {outcome}")

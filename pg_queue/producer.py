@@ -23,7 +23,7 @@ from pg_queue.celery_compat import celery_max_attempts
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
 from pg_queue.payload import ContinuationSpec, TaskPayload, coerce_json, dumps
 from pg_queue.registry import EnqueueOptions, Task, celery_task, native_task
-from pg_queue.results import TaskHandle
+from pg_queue.results import TaskHandle, TaskOutcome, armed_wait
 
 logger = logging.getLogger("pg_queue.producer")
 
@@ -55,6 +55,9 @@ class JobSpec(NamedTuple):
     on_success: ContinuationSpec | None = None
     on_error: ContinuationSpec | None = None
     reply_key: str = ""
+    #: None: a fresh time-ordered id. Give one only if it is unique (a duplicate is an
+    #: IntegrityError, which aborts the caller's transaction).
+    task_id: uuid.UUID | None = None
 
 
 class _Row(NamedTuple):
@@ -209,8 +212,14 @@ def _validate(
             "args": coerce_json(args, "args"),
             "kwargs": coerce_json(kwargs, "kwargs") if kwargs else {},
         }
+    if spec.task_id is None:
+        task_id = new_task_id()
+    elif isinstance(spec.task_id, uuid.UUID):
+        task_id = spec.task_id
+    else:
+        raise ValueError(f"task_id must be a uuid.UUID or None, got {spec.task_id!r}")
     return _Row(
-        new_task_id(),
+        task_id,
         resolved.queue,
         spec.task_name,
         dumps(payload),
@@ -277,9 +286,13 @@ def enqueue(
     on_success: ContinuationSpec | None = None,
     on_error: ContinuationSpec | None = None,
     reply_key: str = "",
+    task_id: uuid.UUID | None = None,
     using: str = "default",
 ) -> TaskHandle:
-    """Queue ``task_name(*args, **kwargs)`` by name; it need not be importable here."""
+    """Queue ``task_name(*args, **kwargs)`` by name; it need not be importable here.
+
+    ``task_id`` (like Celery's) names the job; it must be unique. Default: a fresh UUIDv7.
+    """
     spec = JobSpec(
         task_name=task_name,
         args=list(args) if isinstance(args, list | tuple) else args,
@@ -298,8 +311,32 @@ def enqueue(
         on_success=on_success,
         on_error=on_error,
         reply_key=reply_key,
+        task_id=task_id,
     )
     return enqueue_job(spec, using=using)
+
+
+def call(
+    task_name: str,
+    args: list[Any] | tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    timeout: float,
+    using: str = "default",
+    **options: Any,
+) -> TaskOutcome:
+    """Request-reply: enqueue ``task_name(*args, **kwargs)`` and block for its outcome.
+
+    Never raises for a failed or late job (the outcome says so); refuses inside ``atomic()``.
+    The result wake-up is armed before the job is inserted, so the wait needs no first status
+    query. ``options`` are those of ``enqueue``.
+    """
+    task_id = new_task_id()
+    with armed_wait(task_id, using) as armed:
+        handle = enqueue(task_name, args, kwargs, task_id=task_id, using=using, **options)
+        if handle.task_id != task_id:  # a live duplicate (dedup_key) answers instead
+            return handle.wait(timeout)
+        return armed.wait(timeout)
 
 
 def job(

@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,50 +119,94 @@ class TaskHandle:
         during waits longer than ``HOLD_CONNECTION_WAIT``. Refuses to run inside ``atomic()``:
         the job could not even be visible to a worker before the caller's transaction commits.
         """
-        if connections[self.using].in_atomic_block:
-            raise WaitInTransactionError(
-                f"waiting for task {self.task_id} inside transaction.atomic(): the job is not "
-                "visible to workers until this transaction commits, so the wait could only time "
-                "out. Wait after the block (e.g. transaction.on_commit) instead."
-            )
-        deadline = time.monotonic() + max(0.0, timeout)
-        sleep = WAIT_POLL_MIN
-        last: TaskOutcome | None = None
+        refuse_wait_in_atomic(self.task_id, self.using)
         key = str(self.task_id)
         woken = _waiters.register(key, self.using)
         try:
-            while True:
-                last = _fetch(self.task_id, self.using)
-                if last is not None and last.status not in (QUEUED, RUNNING):
-                    return last  # any result row, even a malformed status, ends the wait
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if woken is not None:
-                    step = min(WAIT_POLL_LISTENING, remaining)
-                    short = min(HOLD_CONNECTION_WAIT, step)
-                    if not woken.wait(short) and step > short:
-                        close_old_connections()  # a long wait: hand the connection back
-                        woken.wait(step - short)
-                    woken.clear()
-                    delivered = _waiters.delivered(key)
-                    if delivered is not None:  # the result came with the wake-up
-                        return delivered
-                else:
-                    step = min(sleep, remaining)
-                    if step >= HOLD_CONNECTION_WAIT:
-                        close_old_connections()
-                    time.sleep(step)
-                    sleep = min(sleep * 2, WAIT_POLL_MAX)
+            return _wait(self, timeout, woken, check_first=True)
         finally:
             _waiters.unregister(key, woken)
-        state = "never seen" if last is None else f"still {last.status}"
-        return TaskOutcome(
-            task_id=self.task_id,
-            status=TIMEOUT,
-            error=f"no result within {timeout}s (task {state})",
-            attempts=0 if last is None else last.attempts,
+
+
+def refuse_wait_in_atomic(task_id: uuid.UUID, using: str) -> None:
+    """Raise ``WaitInTransactionError`` if a wait for ``task_id`` could only time out."""
+    if connections[using].in_atomic_block:
+        raise WaitInTransactionError(
+            f"waiting for task {task_id} inside transaction.atomic(): the job is not "
+            "visible to workers until this transaction commits, so the wait could only time "
+            "out. Wait after the block (e.g. transaction.on_commit) instead."
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ArmedWait:
+    """A wait whose wake-up was armed before its job was enqueued (see ``armed_wait``)."""
+
+    handle: TaskHandle
+    woken: threading.Event | None
+
+    def wait(self, timeout: float) -> TaskOutcome:
+        """Like ``TaskHandle.wait``; with wake-ups on it starts without a status query."""
+        return _wait(self.handle, timeout, self.woken, check_first=self.woken is None)
+
+
+@contextmanager
+def armed_wait(task_id: uuid.UUID, using: str = "default") -> Iterator[ArmedWait]:
+    """Arm the result wake-up for ``task_id`` before enqueueing it with that id.
+
+    Request-reply: a NOTIFY can then not slip by between the enqueue and the wait, so the wait
+    needs no first status query (measured: 0.2-0.3 ms off a ~3 ms round trip on 2 cores).
+    """
+    refuse_wait_in_atomic(task_id, using)
+    key = str(task_id)
+    woken = _waiters.register(key, using)
+    try:
+        yield ArmedWait(TaskHandle(task_id, using=using), woken)
+    finally:
+        _waiters.unregister(key, woken)
+
+
+def _wait(
+    handle: TaskHandle, timeout: float, woken: threading.Event | None, *, check_first: bool
+) -> TaskOutcome:
+    """The wait loop; ``woken`` is the registered wake-up (None: poll only)."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    sleep = WAIT_POLL_MIN
+    last: TaskOutcome | None = None
+    key = str(handle.task_id)
+    check = check_first
+    while True:
+        if check:
+            last = _fetch(handle.task_id, handle.using)
+            if last is not None and last.status not in (QUEUED, RUNNING):
+                return last  # any result row, even a malformed status, ends the wait
+        check = True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if woken is not None:
+            step = min(WAIT_POLL_LISTENING, remaining)
+            short = min(HOLD_CONNECTION_WAIT, step)
+            if not woken.wait(short) and step > short:
+                close_old_connections()  # a long wait: hand the connection back
+                woken.wait(step - short)
+            woken.clear()
+            delivered = _waiters.delivered(key)
+            if delivered is not None:  # the result came with the wake-up
+                return delivered
+        else:
+            step = min(sleep, remaining)
+            if step >= HOLD_CONNECTION_WAIT:
+                close_old_connections()
+            time.sleep(step)
+            sleep = min(sleep * 2, WAIT_POLL_MAX)
+    state = "never seen" if last is None else f"still {last.status}"
+    return TaskOutcome(
+        task_id=handle.task_id,
+        status=TIMEOUT,
+        error=f"no result within {timeout}s (task {state})",
+        attempts=0 if last is None else last.attempts,
+    )
 
 
 _UNKNOWN_TEXT = (

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,8 @@ from pg_queue.conf import queue_settings
 from pg_queue.flags import FlagDecision, use_postgres
 from pg_queue.models import RoutingPin, Transport
 from pg_queue.payload import ContinuationSpec, coerce_json
-from pg_queue.producer import QUEUE_NAME_MAX, TASK_NAME_MAX, enqueue
+from pg_queue.producer import QUEUE_NAME_MAX, TASK_NAME_MAX, enqueue, new_task_id
+from pg_queue.results import armed_wait
 
 logger = logging.getLogger("pg_queue.routing")
 
@@ -84,9 +86,14 @@ class DispatchHandle:
         return _wait_celery(self._celery_app, self.task_id, timeout)
 
 
-def _wait_postgres(task_id: str, timeout: float, using: str) -> DispatchResult:
+def _wait_postgres(
+    task_id: str, timeout: float, using: str, armed: results.ArmedWait | None = None
+) -> DispatchResult:
     try:
-        outcome = results.TaskHandle(uuid.UUID(task_id), using=using).wait(timeout)
+        if armed is not None and str(armed.handle.task_id) == task_id:
+            outcome = armed.wait(timeout)
+        else:  # not armed, or a live duplicate (dedup) answers instead
+            outcome = results.TaskHandle(uuid.UUID(task_id), using=using).wait(timeout)
     except Exception as exc:
         logger.exception("wait failed task_id=%s transport=postgres", task_id)
         return DispatchResult.failure(task_id, POSTGRES, f"{type(exc).__name__}: {exc}")
@@ -228,6 +235,7 @@ class RoutingDispatcher:
         org_id: str,
         on_success: Any = None,
         on_error: Any = None,
+        task_id: uuid.UUID | None = None,
     ) -> DispatchHandle:
         if transport == POSTGRES:
             handle = enqueue(
@@ -242,9 +250,10 @@ class RoutingDispatcher:
                 on_error=signature_to_continuation(on_error, "on_error")
                 if on_error is not None
                 else None,
+                task_id=task_id,
                 using=self.using,
             )
-            task_id = str(handle.task_id)
+            sent_id = str(handle.task_id)
         else:
             sent = self.celery_app.send_task(
                 task_name,
@@ -255,16 +264,16 @@ class RoutingDispatcher:
                 link_error=on_error,
                 headers={"org_id": org_id} if org_id else None,
             )
-            task_id = str(sent.id)
+            sent_id = str(sent.id)
         logger.info(
             "dispatched task_id=%s task=%s queue=%s transport=%s org_id=%s",
-            task_id,
+            sent_id,
             task_name,
             queue,
             transport,
             org_id,
         )
-        return DispatchHandle(task_id, transport, self.celery_app, self.using)
+        return DispatchHandle(sent_id, transport, self.celery_app, self.using)
 
     @staticmethod
     def _check_args(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -303,15 +312,26 @@ class RoutingDispatcher:
             )
             logger.error("dispatch refused task=%s queue=%s: %s", task_name, queue, error)
             return DispatchResult.failure("", transport, error)
-        try:
-            handle = self._send(transport, task_name, args_list, kwargs_dict, queue, org_id)
-        except Exception as exc:
-            logger.exception(
-                "dispatch enqueue failed task=%s queue=%s transport=%s", task_name, queue, transport
-            )
-            error = f"enqueue failed: {type(exc).__name__}: {exc}"
-            return DispatchResult.failure("", transport, error)
-        return handle.wait(timeout)
+        # Postgres: the result wake-up is armed before the job exists, so the wait starts
+        # without a status query (request-reply's critical path).
+        task_id = new_task_id() if transport == POSTGRES else None
+        with armed_wait(task_id, self.using) if task_id else nullcontext() as armed:
+            try:
+                handle = self._send(
+                    transport, task_name, args_list, kwargs_dict, queue, org_id, task_id=task_id
+                )
+            except Exception as exc:
+                logger.exception(
+                    "dispatch enqueue failed task=%s queue=%s transport=%s",
+                    task_name,
+                    queue,
+                    transport,
+                )
+                error = f"enqueue failed: {type(exc).__name__}: {exc}"
+                return DispatchResult.failure("", transport, error)
+            if armed is not None:
+                return _wait_postgres(handle.task_id, timeout, self.using, armed)
+            return handle.wait(timeout)
 
     def dispatch_async(
         self,

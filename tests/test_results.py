@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -11,7 +12,8 @@ from django.test.utils import CaptureQueriesContext
 
 from pg_queue import results
 from pg_queue.exceptions import WaitInTransactionError
-from pg_queue.producer import enqueue
+from pg_queue.models import QueueMessage
+from pg_queue.producer import call, enqueue
 from pg_queue.results import TaskHandle
 from workers import tasks
 
@@ -96,10 +98,11 @@ def test_short_waits_keep_djangos_connection_and_long_ones_hand_it_back(hold, ke
 @pytest.mark.slow
 @pytest.mark.parametrize(("value", "queries"), [(7, 1), ("x" * 5000, 2)])
 def test_a_small_result_comes_with_the_wake_up_and_a_big_one_is_read(
-    background_worker, value, queries
+    background_worker, value, queries, monkeypatch
 ):
     """Request-reply: the ack's NOTIFY carries small results, so the caller's only query is the
     first check (the job is still queued: the worker starts after it); a big result is read."""
+    monkeypatch.setattr(results, "WAIT_POLL_LISTENING", 60.0)  # no fallback poll meanwhile
     handle = tasks.echo.enqueue(value)
     background_worker("--concurrency", "2")
     with CaptureQueriesContext(connection) as captured:
@@ -107,3 +110,36 @@ def test_a_small_result_comes_with_the_wake_up_and_a_big_one_is_read(
     assert (outcome.status, outcome.result, outcome.attempts) == ("succeeded", value, 1)
     assert outcome.task_id == handle.task_id
     assert len(captured.captured_queries) == queries, captured.captured_queries
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_call_arms_the_wake_up_first_so_its_only_query_is_the_insert(
+    background_worker, monkeypatch
+):
+    """``pg_queue.call``: request-reply without a single status query when the small result
+    comes with the wake-up (the worker starts only after the call is waiting)."""
+    monkeypatch.setattr(results, "WAIT_POLL_LISTENING", 60.0)  # no fallback poll meanwhile
+    starter = threading.Timer(0.3, background_worker, args=("--concurrency", "2"))
+    starter.start()
+    with CaptureQueriesContext(connection) as captured:
+        outcome = call("workers.tasks.echo", ["ping"], timeout=60)
+    starter.join(timeout=10)
+    assert (outcome.status, outcome.result, outcome.attempts) == ("succeeded", "ping", 1)
+    assert [q["sql"].split()[:3] for q in captured.captured_queries] == [["WITH", "ins", "AS"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_call_inside_atomic_refuses_before_inserting_anything():
+    with pytest.raises(WaitInTransactionError), transaction.atomic():
+        call("workers.tasks.echo", [1], timeout=1)
+    assert not QueueMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_enqueue_with_a_task_id_uses_it_and_refuses_a_non_uuid():
+    chosen = uuid.uuid4()
+    assert enqueue("workers.tasks.echo", [1], task_id=chosen).task_id == chosen
+    assert QueueMessage.objects.get().task_id == chosen
+    with pytest.raises(ValueError, match=r"task_id must be a uuid\.UUID"):
+        enqueue("workers.tasks.echo", [1], task_id=str(uuid.uuid4()))
