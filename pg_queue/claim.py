@@ -269,3 +269,16 @@ def message_insert_many(conn: psycopg.Connection[Any], params: dict[str, Any]) -
 def result_sweep(conn: psycopg.Connection[Any], *, limit: int) -> int:
     """Delete up to ``limit`` expired results."""
     return conn.execute(sql.RESULT_SWEEP, {"limit": limit}).rowcount
+
+
+def vacuum_warning(conn: psycopg.Connection[Any]) -> str | None:
+    """Why the queue table will not be autovacuumed, or None if nothing stops it."""
+    row = conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()
+    if row is None:
+        return None
+    server_off, table_off = row
+    if server_off:
+        return "autovacuum is off on this server"
+    if table_off:
+        return "autovacuum is disabled for pg_queue_message (autovacuum_enabled=false)"
+    return None

@@ -316,6 +316,18 @@ FROM gone AS g
 
 # --- workers ---------------------------------------------------------------------------------
 
+#: Is anything keeping the queue table from being vacuumed? Every job leaves two dead row
+#: versions (claim, ack); without VACUUM the table and its indexes grow without bound.
+QUEUE_VACUUM_STATE = """
+SELECT NOT current_setting('autovacuum')::boolean AS server_off,
+       EXISTS (
+           SELECT 1 FROM pg_options_to_table(c.reloptions)
+           WHERE option_name = 'autovacuum_enabled' AND NOT option_value::boolean
+       ) AS table_off
+FROM pg_class AS c
+WHERE c.oid = 'pg_queue_message'::regclass
+"""
+
 WORKER_REGISTER = """
 INSERT INTO pg_worker (worker_id, hostname, pid, queues, concurrency, started_at, heartbeat_at,
                        state)

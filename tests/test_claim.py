@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from pg_queue import claim
+from pg_queue import claim, sql
 from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
 from pg_queue.models import DeadLetter, QueueMessage, TaskResult
 from pg_queue.producer import enqueue, enqueue_many, job
@@ -430,3 +430,20 @@ def test_worker_connections_plan_every_claim_for_the_current_table_size():
             "AND statement NOT LIKE '%pg_prepared_statements%'"
         ).fetchall()
     assert plans == [(0, 8)]
+
+
+def test_vacuum_warning_names_what_keeps_the_queue_table_from_being_vacuumed(conn):
+    server_off, table_off = conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()
+    assert server_off is (conn.execute("SHOW autovacuum").fetchone()[0] == "off")
+    assert table_off is False
+    expected = "autovacuum is off on this server" if server_off else None
+    assert claim.vacuum_warning(conn) == expected
+    conn.execute("ALTER TABLE pg_queue_message SET (autovacuum_enabled = false)")
+    try:
+        assert conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()[1] is True
+        assert claim.vacuum_warning(conn) == (
+            expected or "autovacuum is disabled for pg_queue_message (autovacuum_enabled=false)"
+        )
+    finally:
+        conn.execute("ALTER TABLE pg_queue_message RESET (autovacuum_enabled)")
+    assert conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()[1] is False

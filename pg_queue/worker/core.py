@@ -274,6 +274,14 @@ class Worker:
         """Run until stopped (or burst done / max_tasks reached); returns the counters."""
         self._conn = self._connect()
         self._register()
+        no_vacuum = claim.vacuum_warning(self._conn)
+        if no_vacuum:
+            logger.warning(
+                "%s: every job leaves two dead row versions in pg_queue_message, so the table "
+                "and its indexes grow until VACUUM runs; turn autovacuum on or schedule "
+                "VACUUM pg_queue_message",
+                no_vacuum,
+            )
         self._start_threads()
         logger.info(
             "worker started worker_id=%s queues=%s concurrency=%d batch=%d burst=%s",
