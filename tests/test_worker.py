@@ -233,3 +233,35 @@ def test_request_reply_traffic_costs_about_one_claim_per_job(worker_env):
     assert claimed == jobs
     # One claim per job, plus a few idle polls of both queues (after 10 ms without a NOTIFY).
     assert queries <= 1.5 * jobs, output
+
+
+def test_notify_traffic_on_one_queue_does_not_starve_due_jobs_of_another(worker_env):
+    """A two-queue worker woken by a steady stream of NOTIFYs for one queue still claims the
+    other queue at least every POLL_INTERVAL_MAX: a delayed job there becomes due without any
+    NOTIFY, and must run while the stream goes on."""
+    proc = subprocess.Popen(
+        worker_command("--concurrency", "4", "--queues", "default,quiet", burst=False),
+        cwd=REPO_ROOT,
+        env=worker_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert tasks.echo.enqueue("warm-up").wait(timeout=60).ok  # the worker is up
+        delayed = enqueue("workers.tasks.echo", ["due"], queue="quiet", delay=0.3)
+        status = "queued"
+        for i in range(2000):  # back-to-back request-reply traffic on "default", ~2-4 s
+            assert tasks.echo.enqueue(i).wait(timeout=60).result == i
+            if i % 50 == 49:
+                status = delayed.status()
+                if status == "succeeded":
+                    break
+        assert status == "succeeded", f"the due job on 'quiet' is still {status}"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=15)
+    assert_clean_exit(proc.returncode, output)

@@ -239,9 +239,11 @@ class Worker:
         self._last_claim_full = False
         # Queues named by NOTIFYs since the last claim. After a short claim (every queue was
         # drained) only these can have new immediate jobs, so a multi-queue worker woken by
-        # one queue's NOTIFY claims that queue alone instead of paying an empty claim per queue;
-        # due delayed jobs and retries are found by the idle poll, which claims every queue.
+        # one queue's NOTIFY claims that queue alone instead of paying an empty claim per queue.
+        # Due delayed jobs and retries send no NOTIFY: every queue is still claimed at least
+        # every POLL_INTERVAL_MAX, however many NOTIFYs keep the loop from idling that long.
         self._notified: set[str] = set()
+        self._all_queues_claimed_at = 0.0
         self._woken_by_wake = False  # did the last idle wait end by a wake-up (not a timeout)?
         self._stop = threading.Event()
         self._halt = threading.Event()  # set when the coordinator has finished
@@ -458,8 +460,16 @@ class Worker:
         total = 0
         notified, self._notified = self._notified, set()
         order = self._queue_order()
-        if notified and not self._last_claim_full and self._woken_by_wake:
+        now = time.monotonic()
+        if (
+            notified
+            and not self._last_claim_full
+            and self._woken_by_wake
+            and now - self._all_queues_claimed_at < self.conf.poll_interval_max
+        ):
             order = [q for q in order if q in notified]
+        elif len(order) > 1:
+            self._all_queues_claimed_at = now
         self._last_claim_full = False
         for queue_name in order:
             if limit - total <= 0:
