@@ -143,3 +143,24 @@ def test_enqueue_with_a_task_id_uses_it_and_refuses_a_non_uuid():
     assert QueueMessage.objects.get().task_id == chosen
     with pytest.raises(ValueError, match=r"task_id must be a uuid\.UUID"):
         enqueue("workers.tasks.echo", [1], task_id=str(uuid.uuid4()))
+
+
+def test_result_notifications_deliver_small_results_and_wake_everyone_when_unreadable():
+    waiters = results._ResultWaiters()
+    mine, other = threading.Event(), threading.Event()
+    task_id = uuid.uuid4()
+    waiters._events = {str(task_id): {mine}, "someone-else": {other}}
+    waiters._on_payload(f'[["{task_id}", 2, {{"a": [1]}}], ["{uuid.uuid4()}", 1, null]]')
+    assert mine.is_set()
+    assert not other.is_set()
+    delivered = waiters.delivered(str(task_id))
+    assert (delivered.task_id, delivered.status, delivered.result, delivered.attempts) == (
+        task_id,
+        "succeeded",
+        {"a": [1]},
+        2,
+    )
+    mine.clear()
+    waiters._on_payload('[["truncated')  # not understood: every waiter re-checks by query
+    assert mine.is_set()
+    assert other.is_set()
