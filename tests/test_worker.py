@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from django.db import connection
@@ -204,29 +205,47 @@ def test_two_burst_workers_share_a_queue_without_running_a_job_twice(background_
     assert not QueueMessage.objects.exists()
 
 
-def test_request_reply_traffic_costs_about_one_claim_per_job(worker_env):
+class ServingWorker:
+    """A non-burst ``run_pg_worker`` on "default" and "quiet", stopped by SIGTERM."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            worker_command("--concurrency", "4", "--queues", "default,quiet", burst=False),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def stop(self) -> str:
+        """SIGTERM, then its output once it exited cleanly."""
+        self.proc.send_signal(signal.SIGTERM)
+        output, _ = self.proc.communicate(timeout=60)
+        assert_clean_exit(self.proc.returncode, output)
+        return output
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=15)
+
+
+@pytest.fixture
+def serving_worker(worker_env: dict[str, str]) -> Iterator[ServingWorker]:
+    worker = ServingWorker(worker_env)
+    yield worker
+    worker.kill()
+
+
+def test_request_reply_traffic_costs_about_one_claim_per_job(serving_worker):
     """A finished job must not wake an idle claim loop, a short claim must not be retried at
     once, and a NOTIFY for one queue must not make a two-queue worker claim both: each only
     buys an empty claim query (there were ~3 claims per job and queue before)."""
-    proc = subprocess.Popen(
-        worker_command("--concurrency", "4", "--queues", "default,quiet", burst=False),
-        cwd=REPO_ROOT,
-        env=worker_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        jobs = 40
-        for i in range(jobs):
-            assert tasks.echo.enqueue(i).wait(timeout=60).result == i
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=15)
-    assert_clean_exit(proc.returncode, output)
+    jobs = 40
+    for i in range(jobs):
+        assert tasks.echo.enqueue(i).wait(timeout=60).result == i
+    output = serving_worker.stop()
     found = re.search(r"claimed=(\d+) .*claim_queries=(\d+)", output)
     assert found is not None, output
     claimed, queries = int(found[1]), int(found[2])
@@ -235,33 +254,18 @@ def test_request_reply_traffic_costs_about_one_claim_per_job(worker_env):
     assert queries <= 1.5 * jobs, output
 
 
-def test_notify_traffic_on_one_queue_does_not_starve_due_jobs_of_another(worker_env):
+def test_notify_traffic_on_one_queue_does_not_starve_due_jobs_of_another(serving_worker):
     """A two-queue worker woken by a steady stream of NOTIFYs for one queue still claims the
     other queue at least every POLL_INTERVAL_MAX: a delayed job there becomes due without any
     NOTIFY, and must run while the stream goes on."""
-    proc = subprocess.Popen(
-        worker_command("--concurrency", "4", "--queues", "default,quiet", burst=False),
-        cwd=REPO_ROOT,
-        env=worker_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert tasks.echo.enqueue("warm-up").wait(timeout=60).ok  # the worker is up
-        delayed = enqueue("workers.tasks.echo", ["due"], queue="quiet", delay=0.3)
-        status = "queued"
-        for i in range(2000):  # back-to-back request-reply traffic on "default", ~2-4 s
-            assert tasks.echo.enqueue(i).wait(timeout=60).result == i
-            if i % 50 == 49:
-                status = delayed.status()
-                if status == "succeeded":
-                    break
-        assert status == "succeeded", f"the due job on 'quiet' is still {status}"
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=15)
-    assert_clean_exit(proc.returncode, output)
+    assert tasks.echo.enqueue("warm-up").wait(timeout=60).ok  # the worker is up
+    delayed = enqueue("workers.tasks.echo", ["due"], queue="quiet", delay=0.3)
+    status = "queued"
+    for i in range(2000):  # back-to-back request-reply traffic on "default", ~2-4 s
+        assert tasks.echo.enqueue(i).wait(timeout=60).result == i
+        if i % 50 == 49:
+            status = delayed.status()
+            if status == "succeeded":
+                break
+    assert status == "succeeded", f"the due job on 'quiet' is still {status}"
+    serving_worker.stop()
