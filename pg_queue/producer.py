@@ -11,7 +11,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -370,22 +371,8 @@ def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[Ta
     ``atomic()``: one bad spec raises ``ValueError`` naming the problem, the COPY is abandoned,
     nothing of the call is left behind and the caller's transaction stays usable.
     """
-    connection = connections[using]
-    cache: dict[str | tuple[str, EnqueueOptions], _Resolved] = {}
-    handles: list[TaskHandle] = []
-    later: list[_Row] = []
-    queues: set[str] = set()
-    with transaction.atomic(using=using), connection.cursor() as cursor:
-        specs = iter(specs)
-        for spec in specs:  # rows before the first immediate one need no COPY yet
-            row = _validate(spec, cache)
-            handles.append(TaskHandle(row.task_id, row.task_name, row.queue, using))
-            if row.dedup_key is None and row.delay == 0 and row.eta is None:
-                _copy_rows(cursor, row, specs, cache, handles, later, queues, using)
-                break
-            later.append(row)
-        if not handles:
-            return []
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        handles, later, queues = _copy_rows(cursor, specs, using)
         delayed = [r for r in later if r.dedup_key is None]
         for start in range(0, len(delayed), BULK_CHUNK):
             _insert_many(cursor, delayed[start : start + BULK_CHUNK])
@@ -401,26 +388,32 @@ def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[Ta
 
 
 def _copy_rows(
-    cursor: Any,
-    first: _Row,
-    specs: Iterator[JobSpec],
-    cache: dict[str | tuple[str, EnqueueOptions], _Resolved],
-    handles: list[TaskHandle],
-    later: list[_Row],
-    queues: set[str],
-    using: str,
-) -> None:
-    """COPY ``first`` and every later immediate spec; the others go to ``later``.
+    cursor: Any, specs: Iterable[JobSpec], using: str
+) -> tuple[list[TaskHandle], list[_Row], set[str]]:
+    """Validate ``specs`` and COPY the immediate ones as they come.
 
-    Lines are formatted here (each batch's fixed columns once, in ``_Resolved``) and sent
-    in blocks: per-value adaptation by ``write_row`` was a third of the Python time per job. The
+    Returns a handle per spec (in order), the rows left for INSERT (delayed or with a dedup
+    key) and the queues the COPY filled. The COPY opens with the first immediate row. Lines
+    are formatted here (each batch's fixed columns once, in ``_Resolved``) and sent in blocks:
+    per-value adaptation by ``write_row`` was a third of the Python time per job. The
     database's defaults stamp enqueued_at/available_at. An exception while building rows leaves
     the ``with`` block, which makes psycopg abort the COPY (nothing of it is kept) and re-raise.
     """
+    cache: dict[str | tuple[str, EnqueueOptions], _Resolved] = {}
+    handles: list[TaskHandle] = []
+    later: list[_Row] = []
+    queues: set[str] = set()
     lines: list[str] = []
-    with cursor.copy(sql.MESSAGE_COPY) as copy:
-        row: _Row | None = first
-        while row is not None:
+    with ExitStack() as stack:
+        copy = None
+        for spec in specs:
+            row = _validate(spec, cache)
+            handles.append(TaskHandle(row.task_id, row.task_name, row.queue, using))
+            if row.dedup_key is not None or row.delay or row.eta is not None:
+                later.append(row)
+                continue
+            if copy is None:
+                copy = stack.enter_context(cursor.copy(sql.MESSAGE_COPY))
             resolved = row.resolved
             payload = row.payload  # JSON text escapes every control character but backslash
             if "\\" in payload:
@@ -430,16 +423,10 @@ def _copy_rows(
             if len(lines) == COPY_BLOCK_ROWS:
                 copy.write("".join(lines))
                 lines.clear()
-            row = None
-            for spec in specs:
-                found = _validate(spec, cache)
-                handles.append(TaskHandle(found.task_id, found.task_name, found.queue, using))
-                if found.dedup_key is None and found.delay == 0 and found.eta is None:
-                    row = found
-                    break
-                later.append(found)
         if lines:
+            assert copy is not None
             copy.write("".join(lines))
+    return handles, later, queues
 
 
 def _insert_row(cursor: Any, row: _Row, using: str, *, notify: bool) -> TaskHandle:
