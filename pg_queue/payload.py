@@ -10,6 +10,7 @@ import datetime as dt
 import enum
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ import orjson
 from pg_queue.exceptions import PayloadError
 
 _SCALARS = (str, int, bool, type(None))
+#: The signed 64-bit range: what every decoder (orjson, PostgreSQL's bigint) agrees on.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+#: 19 digits in a row may be an integer orjson would silently turn into a float.
+_LONG_DIGITS = re.compile(r"\d{19}")
 
 
 def coerce_json(value: Any, path: str) -> Any:
@@ -96,6 +101,36 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # integers beyond 64 bits: valid JSON, slower encoder
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise PayloadError(f"integer {text} is outside the signed 64-bit range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise PayloadError(f"{name} is not valid JSON")
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode stored JSON (a payload, a result, a NOTIFY); the one decoder every path uses.
+
+    Raises ``PayloadError`` for anything that would not come back exactly: malformed text,
+    integers outside the signed 64-bit range (orjson would hand them over as floats), NaN,
+    nesting past the decoder's limit. orjson does the common case; text with a long run of
+    digits is decoded by the standard library, which keeps integers exact, so we can refuse
+    them instead of guessing.
+    """
+    try:
+        if _LONG_DIGITS.search(text if isinstance(text, str) else text.decode()) is None:
+            return orjson.loads(text)
+        return json.loads(text, parse_int=_exact_int, parse_constant=_no_constant)
+    except PayloadError:
+        raise
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"undecodable JSON: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
