@@ -10,7 +10,9 @@ import datetime as dt
 import enum
 import json
 import math
+import numbers
 import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,36 @@ _SCALARS = (str, int, bool, type(None))
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 #: 19 digits in a row may be an integer orjson would silently turn into a float.
 _LONG_DIGITS = re.compile(r"\d{19}")
+#: Every due time must be at or before this instant (Unix seconds): PostgreSQL's timestamptz
+#: reaches year 294276, but Python's datetime, and so anything reading ``available_at`` back
+#: (Django, psycopg), ends with year 9999.
+LATEST_DUE = dt.datetime.max.replace(tzinfo=dt.UTC).timestamp()
+
+
+def validate_delay(seconds: object, label: str) -> float:
+    """``seconds`` as a float delay, or ``PayloadError`` naming ``label``.
+
+    A delay is an int, float or Decimal (not a bool), finite, >= 0, and due no later than
+    year 9999 by this machine's clock (``LATEST_DUE``). -0.0 becomes 0.0. Pure: no database
+    access, so the worker can check ``Retry(delay=...)`` with it as well as enqueue.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real | Decimal):
+        raise PayloadError(
+            f"{label} must be a finite number >= 0 seconds, got {type(seconds).__name__} "
+            f"{seconds!r}"
+        )
+    try:
+        value = float(seconds)
+    except (OverflowError, ValueError):  # an int past float's range; Decimal('sNaN')
+        value = math.inf
+    if not 0 <= value < math.inf:  # also refuses NaN
+        raise PayloadError(f"{label} must be a finite number >= 0 seconds, got {seconds!r}")
+    if value > LATEST_DUE - time.time():
+        raise PayloadError(
+            f"{label} of {seconds!r} seconds falls after year 9999, which a due time cannot "
+            "represent"
+        )
+    return value + 0.0  # -0.0 -> 0.0
 
 
 def coerce_json(value: Any, path: str) -> Any:

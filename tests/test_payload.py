@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 import re
 import uuid
 from collections import OrderedDict
@@ -12,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from pg_queue.exceptions import PayloadError
-from pg_queue.payload import ContinuationSpec, TaskPayload, coerce_json, dumps
+from pg_queue.payload import ContinuationSpec, TaskPayload, coerce_json, dumps, validate_delay
 
 
 class Colour(enum.Enum):
@@ -137,3 +138,35 @@ def test_continuation_without_queue_or_task_name_is_refused_at_creation():
         ContinuationSpec(task_name="t.x", queue="")
     with pytest.raises(ValueError, match="no task name"):
         ContinuationSpec(task_name="", queue="q")
+
+
+@pytest.mark.parametrize("seconds", [0, 0.0, -0.0, 1, 2.5, Decimal("1.5"), 86_400 * 365 * 7000])
+def test_validate_delay_accepts_finite_non_negative_numbers_due_before_year_10000(seconds):
+    value = validate_delay(seconds, "delay")
+    assert type(value) is float
+    assert value == float(seconds)
+    assert math.copysign(1.0, value) == 1.0  # -0.0 became 0.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "fragment"),
+    [
+        (-1, "finite number >= 0"),
+        (-1e-300, "finite number >= 0"),
+        (float("nan"), "finite number >= 0"),
+        (float("inf"), "finite number >= 0"),
+        (Decimal("NaN"), "finite number >= 0"),
+        (Decimal("sNaN"), "finite number >= 0"),
+        (10**400, "finite number >= 0"),
+        (True, "got bool True"),
+        ("5", "got str '5'"),
+        (None, "got NoneType None"),
+        (dt.timedelta(seconds=5), "got timedelta"),
+        (86_400 * 365 * 9000, "after year 9999"),
+        (1e300, "after year 9999"),
+    ],
+)
+def test_validate_delay_refuses_what_no_due_time_can_represent(seconds, fragment):
+    with pytest.raises(PayloadError, match=re.escape(fragment)) as info:
+        validate_delay(seconds, "Retry(delay=...)")
+    assert str(info.value).startswith("Retry(delay=...)")
