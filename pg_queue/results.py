@@ -39,6 +39,11 @@ WAIT_POLL_LISTENING = 1.0
 #: Waits shorter than this keep Django's connection: handing it back (close_old_connections)
 #: costs a health-check round trip on the next query, or a reconnect with CONN_MAX_AGE=0.
 HOLD_CONNECTION_WAIT = 0.05
+#: After the result listener fails to start (database unreachable, self-probe lost under load or
+#: behind transaction pooling), a later wait tries again this many seconds later; the delay
+#: doubles with each failure in a row, up to the maximum. Waits poll meanwhile.
+RESULT_LISTEN_RETRY_MIN = 1.0
+RESULT_LISTEN_RETRY_MAX = 60.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -218,8 +223,13 @@ _UNKNOWN_TEXT = (
 class _ResultWaiters:
     """Process-wide: one LISTEN connection wakes every thread waiting on a result.
 
-    Started on the first wait when ``PG_QUEUE['NOTIFY']`` is on; if the self-probe fails
-    (transaction pooling) it stays off and waits simply poll. Stopped at interpreter exit.
+    Started on the first wait when ``PG_QUEUE['NOTIFY']`` is on; that first start waits for the
+    self-probe, so the first wait already gets its wake-up. Waits poll while there is no
+    working listener, which is always correct. A listener that cannot start (the database
+    unreachable, the probe lost under load or behind transaction pooling) is retried by a later
+    wait after ``RESULT_LISTEN_RETRY_MIN`` seconds, doubling per failure in a row up to
+    ``RESULT_LISTEN_RETRY_MAX``; a retry runs in the background and holds no wait up. Once
+    started, a listener reconnects on its own (see ``Listener``). Stopped at interpreter exit.
     """
 
     def __init__(self) -> None:
@@ -229,7 +239,15 @@ class _ResultWaiters:
         # Outcomes that arrived inside a NOTIFY, kept only while someone waits for them.
         self._delivered: dict[str, TaskOutcome] = {}
         self._listener: Listener | None = None
-        self._failed = False
+        self._tried = False  # a start was tried: later ones do not wait for the probe
+        self._retry_delay = 0.0  # the delay after the last failed start (0: none failed)
+        self._retry_at = 0.0  # monotonic time before which no new listener starts
+
+    @property
+    def healthy(self) -> bool:
+        """Whether waits get wake-ups right now (False: they poll)."""
+        listener = self._listener
+        return listener is not None and listener.healthy
 
     def register(self, key: str, using: str) -> threading.Event | None:
         if not queue_settings().notify or not self._ensure_listener(using):
@@ -256,12 +274,21 @@ class _ResultWaiters:
             return self._delivered.get(key)
 
     def _ensure_listener(self, using: str) -> bool:
+        listener = self._listener
+        if listener is not None and listener.healthy:  # the common case, without a lock
+            return True
         # A separate lock: the listener's thread takes _lock in _on_payload while starting.
         with self._start_lock:
-            if self._failed:
+            listener = self._listener
+            if listener is not None:
+                if listener.healthy:
+                    return True
+                if listener.alive:
+                    return False  # still probing, or reconnecting: poll meanwhile
+                self._listener = None
+                self._retry_later(listener)
+            if time.monotonic() < self._retry_at:
                 return False
-            if self._listener is not None and self._listener.alive:
-                return True
             from pg_queue.claim import worker_connection
 
             listener = Listener(
@@ -270,12 +297,23 @@ class _ResultWaiters:
                 lambda: worker_connection(using),
                 name="pg-queue-result-listen",
             )
-            if not listener.start():
-                listener.stop()
-                self._failed = True
-                return False
             self._listener = listener
-            return True
+            first, self._tried = not self._tried, True
+            return listener.start() if first else listener.start(wait=0.0)
+
+    def _retry_later(self, failed: Listener) -> None:
+        """Space the next start after ``failed`` ended without a working connection."""
+        if failed.working:  # it had worked: a new failure, retry soon
+            delay = RESULT_LISTEN_RETRY_MIN
+        else:
+            delay = max(self._retry_delay * 2, RESULT_LISTEN_RETRY_MIN)
+        self._retry_delay = min(delay, RESULT_LISTEN_RETRY_MAX)
+        self._retry_at = time.monotonic() + self._retry_delay
+        logger.info(
+            "result wake-ups off, waits poll channel=%s retry_in=%.2fs",
+            RESULT_CHANNEL,
+            self._retry_delay,
+        )
 
     def _on_payload(self, payload: str) -> None:
         if payload.startswith("["):
@@ -315,6 +353,7 @@ class _ResultWaiters:
     def stop(self) -> None:
         with self._start_lock:
             listener, self._listener = self._listener, None
+            self._tried, self._retry_delay, self._retry_at = False, 0.0, 0.0
         if listener is not None:
             listener.stop()
 
