@@ -7,7 +7,6 @@ neither means unknown (never enqueued, rolled back, result expired, or ``store_r
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import threading
 import time
@@ -17,12 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from django.db import close_old_connections, connections
 
 from pg_queue.conf import RESULT_CHANNEL, queue_settings
-from pg_queue.exceptions import WaitInTransactionError
+from pg_queue.exceptions import PayloadError, WaitInTransactionError
 from pg_queue.notify import Listener
+from pg_queue.payload import loads
 
 logger = logging.getLogger("pg_queue.results")
 
@@ -44,11 +43,18 @@ HOLD_CONNECTION_WAIT = 0.05
 #: doubles with each failure in a row, up to the maximum. Waits poll meanwhile.
 RESULT_LISTEN_RETRY_MIN = 1.0
 RESULT_LISTEN_RETRY_MAX = 60.0
+#: How an outcome's error starts when its stored result is not JSON we can return exactly.
+UNDECODABLE_RESULT = "the result could not be decoded: "
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskOutcome:
-    """What a wait returns. Never raised: failures and timeouts are values."""
+    """What a wait returns. Never raised: failures and timeouts are values.
+
+    ``status`` is what happened to the job; ``ok`` also needs its result to be readable: a
+    stored result that cannot be decoded exactly (see ``pg_queue.payload.loads``) leaves
+    ``result`` None and says why in ``error``, with the stored status kept.
+    """
 
     task_id: uuid.UUID
     status: str
@@ -59,7 +65,8 @@ class TaskOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.status == SUCCEEDED
+        """The job succeeded and ``result`` is its result."""
+        return self.status == SUCCEEDED and not self.error
 
 
 _STATUS_SQL = """
@@ -77,15 +84,8 @@ def _fetch(task_id: uuid.UUID, using: str) -> TaskOutcome | None:
         cursor.execute(_STATUS_SQL, {"id": task_id})
         rows = cursor.fetchall()
     for src, status, result, error, tb, attempts in rows:
-        if src == "result":
-            return TaskOutcome(
-                task_id=task_id,
-                status=status,
-                result=None if result is None else json.loads(result),  # Django: jsonb is text
-                error=error,
-                traceback=tb,
-                attempts=attempts,
-            )
+        if src == "result":  # Django hands jsonb over as text
+            return _stored_outcome(task_id, status, result, error, tb, attempts)
     for _src, state, _result, error, _tb, attempts in rows:
         return TaskOutcome(
             task_id=task_id,
@@ -94,6 +94,26 @@ def _fetch(task_id: uuid.UUID, using: str) -> TaskOutcome | None:
             attempts=attempts,
         )
     return None
+
+
+def _stored_outcome(
+    task_id: uuid.UUID, status: str, result_text: str | None, error: str, tb: str, attempts: int
+) -> TaskOutcome:
+    """A result row as an outcome; never raises: an undecodable result becomes its error.
+
+    ``pg_queue.payload.loads`` decodes, as for the results a NOTIFY carries, so a wait returns
+    the same value whichever way it learnt of the result.
+    """
+    result = None
+    if result_text is not None:
+        try:
+            result = loads(result_text)
+        except PayloadError as exc:
+            logger.warning("undecodable result task_id=%s status=%s error=%s", task_id, status, exc)
+            error = "; ".join(text for text in (error, f"{UNDECODABLE_RESULT}{exc}") if text)
+    return TaskOutcome(
+        task_id=task_id, status=status, result=result, error=error, traceback=tb, attempts=attempts
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,9 +350,14 @@ class _ResultWaiters:
                     event.set()
 
     def _on_results(self, payload: str) -> None:
-        """A small batch's successes, ``[[task_id, attempts, result], ...]``: hand them over."""
+        """A small batch's successes, ``[[task_id, attempts, result], ...]``: hand them over.
+
+        Decoded like a polled result (``pg_queue.payload.loads``); anything not understood,
+        such as a result that cannot be decoded exactly, wakes every waiter to read its own
+        result by query, where an undecodable one becomes an outcome that says so.
+        """
         try:
-            items = orjson.loads(payload)
+            items = loads(payload)
             with self._lock:
                 for task_id, attempts, result in items:
                     events = self._events.get(task_id)
@@ -346,8 +371,8 @@ class _ResultWaiters:
                     )
                     for event in events:
                         event.set()
-        except (ValueError, TypeError) as exc:  # not understood: every waiter re-checks
-            logger.warning("unreadable result notification: %s", exc)
+        except Exception as exc:  # not understood: every waiter re-checks
+            logger.warning("unreadable result notification, waking every waiter: %s", exc)
             self._on_payload("*")
 
     def stop(self) -> None:

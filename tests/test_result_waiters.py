@@ -18,6 +18,7 @@ from django.db import connection
 
 from pg_queue import claim, results
 from pg_queue.claim import Success
+from pg_queue.results import TaskHandle, TaskOutcome
 from workers import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 REAL_CONNECT = claim.worker_connection
 #: Longer than any test runs: a wait that returns early was woken by its NOTIFY, not a poll.
 NO_FALLBACK_POLL = 120.0
+BEYOND_64_BITS = "123456789012345678901234567890"
 
 
 class Database:
@@ -167,3 +169,76 @@ def test_a_retry_while_connecting_hangs_does_not_hold_up_waits(database, monkeyp
             assert armed.woken is None
         assert time.monotonic() - started < 0.5
     assert armed_once_working(), "the retry that was slow to connect never took over"
+
+
+# --- 3. one JSON decoder: the NOTIFY path and polling agree -----------------------------------
+
+
+def outcome_by_notify(conn: psycopg.Connection[Any], result_json: str, monkeypatch) -> TaskOutcome:
+    """The outcome a waiter gets when the NOTIFY wakes it (the result may ride along)."""
+    monkeypatch.setattr(results, "WAIT_POLL_LISTENING", NO_FALLBACK_POLL)
+    queue = new_queue()
+    handle = tasks.echo.using(queue=queue).enqueue(0)
+    with results.armed_wait(handle.task_id) as armed:
+        assert armed.woken is not None, "wake-ups are off: this test needs LISTEN/NOTIFY"
+        finish(conn, queue, result_json, notify=True)
+        started = time.monotonic()
+        outcome = armed.wait(timeout=NO_FALLBACK_POLL)
+    assert time.monotonic() - started < 10.0, "woken by the fallback poll, not the NOTIFY"
+    return outcome
+
+
+def stored_by_sql(result_sql: str) -> uuid.UUID:
+    """A succeeded result row written directly, as old code or a hand repair could have."""
+    task_id = uuid.uuid4()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pg_task_result (task_id, status, result, error, traceback, task_name, "
+            "queue_name, attempts, finished_at, expires_at) VALUES (%s, 'succeeded', "
+            f"'{result_sql}'::jsonb, '', '', 'x', 'q', 1, now(), now() + interval '1 hour')",
+            [task_id],
+        )
+    return task_id
+
+
+def test_an_integer_beyond_64_bits_is_reported_the_same_by_polling_and_by_notify(conn, monkeypatch):
+    polled = TaskHandle(stored_by_sql(BEYOND_64_BITS)).wait(timeout=5)
+    notified = outcome_by_notify(conn, BEYOND_64_BITS, monkeypatch)
+
+    for outcome in (polled, notified):
+        assert outcome.status == "succeeded"  # what the stored row says
+        assert outcome.result is None
+        assert not outcome.ok
+        assert outcome.error.startswith("the result could not be decoded: ")
+        assert "64-bit" in outcome.error
+    assert (notified.status, notified.result, notified.error) == (
+        polled.status,
+        polled.result,
+        polled.error,
+    )
+
+
+def test_an_undecodable_result_is_an_outcome_from_status_and_outcome_too():
+    handle = TaskHandle(stored_by_sql(BEYOND_64_BITS))
+    assert handle.status() == "succeeded"
+    outcome = handle.outcome()
+    assert (outcome.status, outcome.result, outcome.ok) == ("succeeded", None, False)
+    assert "could not be decoded" in outcome.error
+
+
+@pytest.mark.parametrize(
+    "result_json",
+    [
+        str(2**63 - 1),
+        '{"big": -9223372036854775808, "f": 0.1, "e": 1.5e-7, "s": "12345678901234567890123"}',
+        '[1.0, 2.50, -0.0, "\\u00e9\\ud83d\\ude00", {"a": {"b": [null, true]}}]',
+    ],
+    ids=["int64-max", "mixed-with-long-digit-string", "floats-and-unicode"],
+)
+def test_notify_and_polling_decode_a_stored_result_to_the_same_value(
+    conn, monkeypatch, result_json
+):
+    notified = outcome_by_notify(conn, result_json, monkeypatch)
+    polled = TaskHandle(notified.task_id).outcome()
+    assert notified == polled
+    assert notified.ok
