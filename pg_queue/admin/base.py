@@ -32,6 +32,8 @@ CONFIRM_SAMPLE = 20
 MAX_CONFIRM_ROWS = 50_000
 #: Characters of an error shown in a list column.
 ERROR_PREVIEW = 80
+#: Digits of the largest row id (bigint, 2**63 - 1): a longer number names no row.
+ID_DIGITS = 19
 
 
 def _age(later: dt.datetime | None, earlier: dt.datetime | None) -> float | None:
@@ -53,6 +55,24 @@ def _badge(text: str, kind: str) -> SafeString:
     return format_html('<span class="pgq-badge pgq-{}">{}</span>', kind, text)
 
 
+def _ascii_int(text: str, max_digits: int) -> int | None:
+    """``text`` as an int when it is ASCII digits only, at most ``max_digits`` of them; else None.
+
+    Never raises. ``str.isdigit()`` alone is true for ``²`` and ``①`` (``int()`` refuses them)
+    and for other scripts' digits (``int()`` takes them); past 4300 digits ``int()`` refuses
+    any text. An operator typing a number types ASCII digits.
+    """
+    if text.isascii() and text.isdigit() and len(text) <= max_digits:
+        return int(text)
+    return None
+
+
+def _row_id(text: str) -> int | None:
+    """A bigint row id from request text, or None (never raises)."""
+    number = _ascii_int(text, ID_DIGITS)
+    return number if number is not None and number < 2**63 else None
+
+
 def _search_by_id(queryset: QuerySet[Any], term: str, id_field: str) -> QuerySet[Any] | None:
     """A full task id (UUID) or a numeric row id; None when ``term`` is neither."""
     term = term.strip()
@@ -60,8 +80,9 @@ def _search_by_id(queryset: QuerySet[Any], term: str, id_field: str) -> QuerySet
         return queryset.filter(task_id=uuid.UUID(term))
     except ValueError:
         pass
-    if term.isdigit() and int(term) < 2**63:
-        return queryset.filter(**{id_field: int(term)})
+    row_id = _row_id(term)
+    if row_id is not None:
+        return queryset.filter(**{id_field: row_id})
     return None
 
 
@@ -235,10 +256,10 @@ class OperatorAdmin(_ModelAdmin):
         """The confirmed ids (frozen when the confirmation page was shown), or the selection."""
         raw = request.POST.get("pgq_ids")
         if raw is not None:
-            try:
-                return [int(i) for i in raw.split(",") if i]
-            except ValueError:
-                raise PermissionDenied("malformed confirmation") from None
+            ids = [_row_id(i) for i in raw.split(",") if i]
+            if None in ids:
+                raise PermissionDenied("malformed confirmation")
+            return [i for i in ids if i is not None]
         return list(queryset.values_list("pk", flat=True))
 
     def _confirm(

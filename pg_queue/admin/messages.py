@@ -26,6 +26,7 @@ from pg_queue.admin.base import (
     PriorityForm,
     TenantFilter,
     _age,
+    _ascii_int,
     _badge,
     _pre,
     _search_by_id,
@@ -33,6 +34,17 @@ from pg_queue.admin.base import (
 )
 from pg_queue.models import MessageState, QueueMessage
 from pg_queue.overview import format_age
+
+#: Longest auto-refresh period of the overview (``?refresh=N``), in seconds.
+MAX_REFRESH_SECONDS = 3600
+
+
+def refresh_seconds(raw: str) -> int:
+    """The overview's ``?refresh=`` as whole seconds in 1..MAX_REFRESH_SECONDS; 0 (no
+    auto-refresh) for anything else. Never raises."""
+    seconds = _ascii_int(raw, len(str(MAX_REFRESH_SECONDS)))
+    return seconds if seconds is not None and 1 <= seconds <= MAX_REFRESH_SECONDS else 0
+
 
 # --- messages ----------------------------------------------------------------------------------
 
@@ -147,7 +159,6 @@ class QueueMessageAdmin(OperatorAdmin):
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
         snapshot = overview.queue_overview()
-        refresh = request.GET.get("refresh", "")
         context = {
             **self.admin_site.each_context(request),
             "title": "Queues overview",
@@ -156,7 +167,7 @@ class QueueMessageAdmin(OperatorAdmin):
             "rows": [_queue_row(q) for q in snapshot.queues],
             "totals": _queue_row(snapshot.totals),
             "workers": [_worker_row(w) for w in snapshot.workers],
-            "refresh": int(refresh) if refresh.isdigit() and 1 <= int(refresh) <= 3600 else 0,
+            "refresh": refresh_seconds(request.GET.get("refresh", "")),
             "messages_url": self._changelist_url(),
             "dead_letters_url": reverse("admin:pg_queue_deadletter_changelist"),
             "results_url": reverse("admin:pg_queue_taskresult_changelist"),
