@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import ActionLocation
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
 from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import F, Model, Q, QuerySet
 from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -83,6 +84,17 @@ def _search_by_id(queryset: QuerySet[Any], term: str, id_field: str) -> QuerySet
     row_id = _row_id(term)
     if row_id is not None:
         return queryset.filter(**{id_field: row_id})
+    return None
+
+
+def _nul_in(request: HttpRequest) -> str | None:
+    """Where the address carries a NUL character (PostgreSQL text cannot hold one), or None."""
+    if "\x00" in request.path:
+        return "the path"
+    for key, values in request.GET.lists():
+        if "\x00" in key or any("\x00" in value for value in values):
+            name = key.replace("\x00", "%00")
+            return f"parameter {name}"
     return None
 
 
@@ -227,6 +239,84 @@ class OperatorAdmin(_ModelAdmin):
         if self.list_defer and match is not None and (match.url_name or "").endswith("_changelist"):
             queryset = queryset.defer(*self.list_defer)
         return queryset
+
+    # --- bad input: a clear 400, never a database error ----------------------------------------
+    # Every view of the model goes through one of these four (the change view is
+    # changeform_view); the overview calls _refuse_nul itself.
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        refused = self._refuse_nul(request) or self._refuse_bad_selection(request)
+        return refused or super().changelist_view(request, extra_context)
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        refused = self._refuse_nul(request)
+        return refused or super().changeform_view(request, object_id, form_url, extra_context)
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        refused = self._refuse_nul(request)
+        return refused or super().history_view(request, object_id, extra_context)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        refused = self._refuse_nul(request)
+        return refused or super().delete_view(request, object_id, extra_context)
+
+    def _refuse_nul(self, request: HttpRequest, back_url: str | None = None) -> HttpResponse | None:
+        """A 400 page when the address has a NUL character, else None.
+
+        PostgreSQL refuses NUL in text, so a filter, search or id holding one would fail in the
+        database (a 500). Nothing can match it: say so, and link to the page without it.
+        """
+        where = _nul_in(request)
+        if where is None:
+            return None
+        return self._bad_request(
+            request,
+            f"The address has a NUL character (%00) in {where}. PostgreSQL text cannot hold "
+            "one, so no row can match it.",
+            back_url,
+        )
+
+    def _refuse_bad_selection(self, request: HttpRequest) -> HttpResponse | None:
+        """A 400 page when a posted row selection holds something that is no id of this model.
+
+        Django would hand it to the database (``pk__in``) and fail there; a browser never
+        sends one, a hand-made request may.
+        """
+        if request.method != "POST":
+            return None
+        for value in request.POST.getlist(ACTION_CHECKBOX_NAME):
+            try:
+                self.opts.pk.clean(value, None)
+            except ValidationError:
+                shown = _short(value.replace("\x00", "%00"), limit=40)
+                return self._bad_request(
+                    request, f"The selection holds {shown!r}, which is no row id.", None
+                )
+        return None
+
+    def _bad_request(
+        self, request: HttpRequest, problem: str, back_url: str | None
+    ) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Bad request",
+            "opts": self.opts,
+            "problem": problem,
+            "back_url": back_url or self._changelist_url(),
+        }
+        return TemplateResponse(request, "admin/pg_queue/bad_request.html", context, status=400)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         fields: list[str] = []

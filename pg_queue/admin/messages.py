@@ -158,6 +158,9 @@ class QueueMessageAdmin(OperatorAdmin):
         """The queues overview: counts per queue, workers, and what is stuck (in red)."""
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
+        refused = self._refuse_nul(request, back_url=reverse("admin:pg_queue_overview"))
+        if refused:
+            return refused
         snapshot = overview.queue_overview()
         context = {
             **self.admin_site.each_context(request),

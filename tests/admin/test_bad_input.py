@@ -96,6 +96,55 @@ def test_overview_refresh_accepts_the_bounds(admin_client):
     assert b'content="3600"' in admin_client.get(OVERVIEW, {"refresh": "3600"}).content
 
 
+# --- NUL characters ----------------------------------------------------------------------------
+
+
+def _nul_requests() -> list[tuple[str, str, dict[str, str]]]:
+    """(id, url, GET params) with a NUL somewhere, for every list, detail page and the overview."""
+    cases: list[tuple[str, str, dict[str, str]]] = []
+    for name, model_admin in ADMINS:
+        url = _changelist(name)
+        for param in [*COMMON_PARAMS, *_filter_params(model_admin)]:
+            cases.append((f"{name}-{param}", url, {param: "\x00"}))
+            cases.append((f"{name}-{param}-inside", url, {param: "a\x00b"}))
+        cases.append((f"{name}-key", url, {"\x00": "1"}))
+        cases.append((f"{name}-path", f"{url}%00/change/", {}))
+        cases.append((f"{name}-history", f"{url}a%00b/history/", {}))
+        cases.append((f"{name}-filters", f"{url}1/change/", {"_changelist_filters": "q=\x00"}))
+    cases.append(("overview-refresh", OVERVIEW, {"refresh": "\x00"}))
+    cases.append(("overview-key", OVERVIEW, {"\x00": ""}))
+    return cases
+
+
+NUL_REQUESTS = _nul_requests()
+
+
+@pytest.mark.parametrize(
+    ("url", "params"), [c[1:] for c in NUL_REQUESTS], ids=[c[0] for c in NUL_REQUESTS]
+)
+def test_a_nul_anywhere_in_the_address_is_a_clear_400(admin_client, url, params):
+    _one_row_each()
+    response = admin_client.get(url, params)
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert "NUL character" in text
+    assert "Bad request" in text
+
+
+def test_the_nul_answer_links_back_to_the_list_without_the_parameters(admin_client):
+    response = admin_client.get(_changelist("queuemessage"), {"queue_name": "a\x00b"})
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert "parameter queue_name" in text
+    assert f'href="{_changelist("queuemessage")}"' in text
+
+
+def test_the_nul_answer_needs_a_staff_login_like_every_admin_page(client):
+    response = client.get(_changelist("queuemessage"), {"queue_name": "\x00"})
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+
+
 # --- forged row selections (POST) --------------------------------------------------------------
 
 ACTIONS = [
@@ -110,6 +159,26 @@ ACTIONS = [
 def _rows_and_log() -> tuple[list[Any], int]:
     rows = [*QueueMessage.objects.values_list(), *DeadLetter.objects.values_list()]
     return rows, LogEntry.objects.count()
+
+
+@pytest.mark.parametrize(
+    "selected",
+    ["abc", "\x00", "²", "99999999999999999999", "9" * 5000],
+    ids=["letters", "nul", "superscript", "past-bigint", "long"],
+)
+@pytest.mark.parametrize(("name", "action"), ACTIONS, ids=[a for _, a in ACTIONS])
+def test_a_selection_that_is_no_row_id_is_a_clear_400_and_changes_nothing(
+    admin_client, name, action, selected
+):
+    factory.message(delay=600)
+    factory.dead_letter()
+    before = _rows_and_log()
+    response = admin_client.post(
+        _changelist(name), {"action": action, "index": "0", "_selected_action": [selected]}
+    )
+    assert response.status_code == 400
+    assert "which is no row id" in response.content.decode()
+    assert _rows_and_log() == before
 
 
 @pytest.mark.parametrize(
