@@ -1,4 +1,5 @@
-"""Management commands: bad flags are refused up front; the migrations match the models."""
+"""Management commands: bad flags are refused up front; the migrations match the models; the
+demo prints names and paths as they are."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import io
 
 import pytest
 from django.core.management import call_command
+from rich.console import Console
 
 from pg_queue.models import QueueMessage, Worker
 from pg_queue.producer import enqueue_many
@@ -54,3 +56,45 @@ def test_migrations_match_the_models():
     except SystemExit as exc:  # --check exits 1 when a migration is missing
         pytest.fail(f"models and migrations differ (exit {exc.code}):\n{out.getvalue()}")
     assert "No changes detected" in out.getvalue()
+
+
+# --- pg_queue_demo: names from the database and paths are printed as they are ----------------
+
+
+@pytest.mark.django_db
+def test_demo_per_task_table_prints_task_names_as_plain_text():
+    from pg_queue.management.commands import pg_queue_demo
+    from tests.admin import factory
+
+    module = pg_queue_demo.DEFAULT_TASKS_MODULE
+    for name in (f"{module}.[/]", "[bold]x[/bold]", ":smile:"):
+        factory.result(queue=pg_queue_demo.DEMO_QUEUE, task_name=name)
+    console = Console(file=io.StringIO(), width=120)
+    console.print(pg_queue_demo._per_task_table(module))
+    rows = [
+        [cell.strip() for cell in line.split("│")] for line in console.file.getvalue().splitlines()
+    ]
+    tasks = {row[1] for row in rows if row[2:3] == ["1"]}  # task, jobs (1 each), ...
+    assert tasks == {"[/]", "[bold]x[/bold]", ":smile:"}
+
+
+class _StopBeforeTheWorker(Exception):
+    pass
+
+
+@pytest.mark.django_db
+def test_demo_prints_a_worker_log_path_with_brackets_as_it_is(monkeypatch, tmp_path):
+    from pg_queue.management.commands import pg_queue_demo
+
+    log_dir = tmp_path / "[/]" / "[bold]x[/bold]"
+    log_dir.mkdir(parents=True)
+    monkeypatch.setattr(pg_queue_demo.tempfile, "mkdtemp", lambda prefix: str(log_dir))
+
+    def no_worker(*args: object, **kwargs: object) -> None:
+        raise _StopBeforeTheWorker
+
+    monkeypatch.setattr(pg_queue_demo.subprocess, "Popen", no_worker)
+    out = io.StringIO()
+    with pytest.raises(_StopBeforeTheWorker):
+        call_command("pg_queue_demo", "--jobs", "1", stdout=out)
+    assert f"worker log: {log_dir / 'worker.log'}" in out.getvalue().replace("\n", "")

@@ -103,6 +103,31 @@ def test_status_refuses_bad_flags(args, message):
         run("pg_queue_status", *args)
 
 
+#: Names rich would read as markup: a closing tag with nothing to close (MarkupError), tags
+#: (dropped), an emoji code (replaced), an unclosed bracket.
+MARKUP_NAMES = ("[/]", "[bold]x[/bold]", ":smile:", "[red")
+
+
+def test_status_prints_names_from_the_database_as_plain_text():
+    closing, bold, smile, bracket = MARKUP_NAMES
+    factory.message(queue=closing, task=bold)
+    factory.message(queue=bold, state="claimed", worker_id=smile)
+    factory.message(queue=bracket)  # nobody listens: stuck, named in the problems too
+    factory.worker(smile, queues=[closing, bold], hostname=bracket, state=closing)
+    factory.worker(bold, queues=[smile], hostname=closing, heartbeat_ago=3600)  # stale
+    text = run("pg_queue_status")
+    rows = [line.split() for line in text.splitlines()]
+    assert [closing, "1"] in [row[:2] for row in rows], text
+    assert [bold, "0"] in [row[:2] for row in rows], text
+    assert [bracket, "!", "1"] in [row[:3] for row in rows], text
+    worker = [smile, bracket, "4242", f"{closing},", bold, "8", closing]  # id host pid queues..
+    assert any(row[:7] == worker for row in rows), text
+    assert any(row[:4] == [bold, "!", closing, "4242"] for row in rows), text
+    assert f"{bracket}: jobs are due or running but no live worker listens" in text
+    assert f"worker {bold} on {closing}: no heartbeat" in text
+    assert "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" not in text
+
+
 # --- pg_queue_purge --------------------------------------------------------------------------
 
 
@@ -215,6 +240,14 @@ def test_requeue_reports_letters_skipped_because_the_job_is_live_again():
     assert "Skipped 1" in text
 
 
+def test_requeue_prints_names_from_the_database_as_they_are():
+    closing, bold, *_ = MARKUP_NAMES
+    factory.dead_letter(queue=closing, task_name=bold)
+    text = run("pg_queue_requeue", "--dead-letter", "--queue", closing)
+    assert f"would requeue 1 dead letter(s) (queue {closing!r})" in text
+    assert f"1  queue={closing} task={bold} reason=exhausted" in text
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -278,6 +311,13 @@ def test_cancel_refuses_a_bad_id_before_touching_anything():
     with pytest.raises(CommandError, match="'nope' is not a task id"):
         run("pg_queue_cancel", str(msg.task_id), "nope")
     assert QueueMessage.objects.filter(pk=msg.pk).exists()
+
+
+def test_cancel_prints_names_from_the_database_as_they_are():
+    closing, bold, *_ = MARKUP_NAMES
+    msg = factory.message(queue=closing, task=bold)
+    text = run("pg_queue_cancel", str(msg.task_id))
+    assert f"{msg.task_id}  cancelled (queued {bold} on {closing}; removed)" in text
 
 
 # --- exit codes, as a shell sees them --------------------------------------------------------

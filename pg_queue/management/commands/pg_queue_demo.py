@@ -11,6 +11,9 @@ What it shows, end to end, on whatever PostgreSQL the project uses:
 The demo only ever touches rows of its own queue ("demo"), so it is safe to run again and again
 next to other work. Every wait is bounded by ``--timeout``; on timeout or a worker crash the
 worker is stopped and the tail of its log is shown.
+
+Task names from the database and paths reach rich as plain text (``Text`` or ``escape``), never
+as markup: a ``[/]`` in either cannot crash the demo.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from pg_queue.producer import JobSpec, enqueue_many, job
 
@@ -209,7 +213,7 @@ class Command(BaseCommand):
         log_path = log_dir / "worker.log"
         command = _worker_command(module, concurrency)
         console.print(f"worker: {escape(' '.join(command[1:]))}", soft_wrap=True)
-        console.print(f"worker log: {log_path}", soft_wrap=True)
+        console.print(f"worker log: {escape(str(log_path))}", soft_wrap=True)
         wall_start = time.monotonic()
         with log_path.open("wb") as log:
             worker = subprocess.Popen(
@@ -449,7 +453,7 @@ def _per_task_table(module: str) -> Table:
     with connection.cursor() as cursor:
         cursor.execute(PER_TASK_SQL, {"queue": DEMO_QUEUE})
         for name, jobs, ok, failed, retries in cursor.fetchall():
-            short = name.removeprefix(f"{module}.")
+            short = Text(name.removeprefix(f"{module}."))  # a name, never markup
             table.add_row(short, f"{jobs:,}", f"{ok:,}", f"{failed:,}", f"{int(retries):,}")
     return table
 

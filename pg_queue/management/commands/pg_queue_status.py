@@ -5,6 +5,10 @@ of queues): per queue ready / delayed / running / lease-expired counts, the olde
 wait, jobs finished and failed in the last 5 and 60 minutes, dead letters and live workers; then
 every worker; then what is stuck, in words. ``--watch`` redraws until Ctrl-C (exit 0) or until
 ``--iterations`` snapshots were shown.
+
+Names from the database (queues, tasks, workers, hosts, states) are printed as they are: every
+one goes to rich as ``Text``, never as a markup string, so ``[/]`` cannot crash the command and
+``[bold]x[/bold]`` or ``:smile:`` are not rewritten.
 """
 
 from __future__ import annotations
@@ -145,13 +149,14 @@ def _render_text(overview: Overview) -> str:
 
 
 def _cell(value: str, stuck: bool) -> Text:
+    """A value as plain text (never markup), marked when stuck."""
     return Text(f"{value} !" if stuck else value, style=STUCK if stuck else "")
 
 
 def _renderables(overview: Overview) -> list[Any]:
     taken = overview.taken_at.strftime("%Y-%m-%d %H:%M:%S %Z")
     queues = Table(
-        title=f"pg_queue queues at {taken}",
+        title=Text(f"pg_queue queues at {taken}"),
         box=box.SIMPLE_HEAVY,
         title_justify="left",
         show_footer=bool(overview.queues),
@@ -181,11 +186,11 @@ def _renderables(overview: Overview) -> list[Any]:
     for w in overview.workers:
         workers.add_row(
             _cell(w.worker_id, w.stale),
-            w.hostname,
+            Text(w.hostname),
             str(w.pid),
-            ", ".join(w.queues),
+            Text(", ".join(w.queues)),
             str(w.concurrency),
-            w.state,
+            Text(w.state),
             _cell(f"{format_age(w.heartbeat_age_seconds)} ago", w.stale),
             str(w.in_flight),
         )
