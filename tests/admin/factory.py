@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Func
+from django.db.models.functions import Now
 
 from pg_queue.models import DeadLetter, QueueMessage, TaskResult, Worker
 
@@ -135,6 +136,24 @@ def worker(worker_id: str, *, queues: list[str], heartbeat_ago: float = 1.0, **f
     return row
 
 
+def keep_alive(*worker_ids: str, lease: float = 30.0) -> None:
+    """What live workers do all the time: renew their heartbeat and their running jobs' leases.
+
+    Rows written once only age: ``LEASE_SECONDS`` (30 s) after ``busy_queues()``, its live
+    workers look stale and their running jobs' leases expired, so a healthy queue turns red. A
+    test that looks much later (a browser starting under load) calls this right before.
+    """
+    Worker.objects.filter(worker_id__in=worker_ids).update(heartbeat_at=Now())
+    QueueMessage.objects.filter(state="claimed", worker_id__in=worker_ids).update(vt=later(lease))
+
+
+#: The workers of ``busy_queues()`` that are alive (heartbeating), for ``keep_alive()``.
+LIVE_WORKERS = ("web-1-4242-a1b2", "web-2-5151-c3d4")
+#: How far ahead ``busy_queues()`` puts its delayed retries: beyond any test's run, so they
+#: stay delayed however late a test looks (30 s was once too short for a browser test).
+RETRY_DELAY_SECONDS = 1800.0
+
+
 def busy_queues() -> None:
     """A realistic, partly stuck picture: what the docs and the screenshot show.
 
@@ -142,18 +161,27 @@ def busy_queues() -> None:
     - ``email``: stuck: its oldest due job waits for 12 minutes, one job runs past its lease
       (its worker stopped heartbeating), dead letters piling up.
     - ``reports``: nothing due, a delayed nightly job, results from earlier.
+
+    The picture is of now: delayed jobs stay delayed for half an hour, but ``default`` looks
+    healthy for ``LEASE_SECONDS`` only, unless ``keep_alive(*LIVE_WORKERS)`` runs before a look.
     """
-    worker("web-1-4242-a1b2", queues=["default", "email"], hostname="web-1", pid=4242)
-    worker("web-2-5151-c3d4", queues=["default"], hostname="web-2", pid=5151, concurrency=16)
+    web_1, web_2 = LIVE_WORKERS
+    worker(web_1, queues=["default", "email"], hostname="web-1", pid=4242)
+    worker(web_2, queues=["default"], hostname="web-2", pid=5151, concurrency=16)
     worker("mail-1-777-dead", queues=["email"], hostname="mail-1", pid=777, heartbeat_ago=340)
     for i in range(12):
         message(queue="default", due_ago=0.5 + i * 0.1)
     for _ in range(5):
-        message(queue="default", state="claimed", worker_id="web-1-4242-a1b2", due_ago=2)
+        message(queue="default", state="claimed", worker_id=web_1, due_ago=2)
     for _ in range(3):
-        message(queue="default", state="claimed", worker_id="web-2-5151-c3d4", due_ago=1)
+        message(queue="default", state="claimed", worker_id=web_2, due_ago=1)
     for i in range(4):
-        message(queue="default", delay=30 + i, attempts=1, last_error="TimeoutError: upstream")
+        message(
+            queue="default",
+            delay=RETRY_DELAY_SECONDS + i * 60,
+            attempts=1,
+            last_error="TimeoutError: upstream",
+        )
     for i in range(40):
         message(queue="email", task="workers.tasks.send_receipt", due_ago=720 - i * 5)
     message(
@@ -193,4 +221,14 @@ def busy_queues() -> None:
         cursor.execute("ANALYZE pg_queue_message")
 
 
-__all__ = ["ago", "busy_queues", "dead_letter", "later", "message", "messages", "result"]
+__all__ = [
+    "LIVE_WORKERS",
+    "ago",
+    "busy_queues",
+    "dead_letter",
+    "keep_alive",
+    "later",
+    "message",
+    "messages",
+    "result",
+]

@@ -72,6 +72,35 @@ def test_overview_counts_every_queue_from_two_statements():
     assert overview.stuck
 
 
+#: Timestamp columns of each queue table, for ``_clock_moves_on``.
+_TIMESTAMPS = {
+    "pg_queue_message": ("available_at", "enqueued_at", "vt"),
+    "pg_worker": ("heartbeat_at", "started_at"),
+    "pg_task_result": ("finished_at", "started_at"),
+    "pg_queue_dead_letter": ("failed_at",),
+}
+
+
+def _clock_moves_on(seconds: float) -> None:
+    """Every timestamp ``seconds`` earlier: the rows as a test sees them that much later."""
+    with connection.cursor() as cursor:
+        for table, columns in _TIMESTAMPS.items():
+            shift = ", ".join(f"{c} = {c} - make_interval(secs => %(s)s)" for c in columns)
+            cursor.execute(f"UPDATE {table} SET {shift}", {"s": seconds})
+
+
+def test_busy_queues_default_stays_healthy_for_a_test_that_looks_late():
+    # The browser test once read the overview more than 30 s after busy_queues(): the delayed
+    # retries had come due, the leases expired and the live workers looked stale.
+    factory.busy_queues()
+    _clock_moves_on(120)
+    factory.keep_alive(*factory.LIVE_WORKERS)
+    default = {q.queue: q for q in queue_overview().queues}["default"]
+    assert (default.ready, default.delayed, default.running, default.lease_expired) == (12, 4, 8, 0)
+    assert default.workers == 2
+    assert not default.stuck
+
+
 def test_overview_query_count_does_not_grow_with_the_number_of_queues():
     factory.message(queue="q0")
     factory.worker("w0", queues=["q0"])
