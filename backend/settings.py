@@ -78,6 +78,20 @@ PG_QUEUE = {
     "PREPARED_STATEMENTS": env.bool("PG_QUEUE_PREPARED_STATEMENTS", default=True),
     "LEASE_SECONDS": env.float("PG_QUEUE_LEASE_SECONDS", default=30.0),
     "REARM_INTERVAL": env.float("PG_QUEUE_REARM_INTERVAL", default=5.0),
+    # Set only when the environment names them; otherwise pg_queue's own defaults apply.
+    **{
+        key: env.float(f"PG_QUEUE_{key}")
+        for key in (
+            "RESULT_TTL_SECONDS",
+            "RESULT_SWEEP_INTERVAL",
+            "LOCK_TIMEOUT",
+            "STATEMENT_TIMEOUT",
+            "RESULT_MAX_BYTES",
+            "UNWRITTEN_OUTCOME_MAX_AGE",
+            "UNHEALTHY_RESTART_AFTER",
+        )
+        if f"PG_QUEUE_{key}" in env
+    },
     # Routing (the pg_queue_enabled flag's default in-memory provider) and the kill switch.
     "TRANSPORT_ENABLED": env.bool("PG_QUEUE_TRANSPORT_ENABLED", default=True),
     "ROUTING_ENABLED": env.bool("PG_QUEUE_ROUTING_ENABLED", default=False),

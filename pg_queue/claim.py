@@ -7,7 +7,6 @@ operations take parallel lists so one round trip serves a whole batch.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,78 +18,26 @@ from psycopg.types.json import set_json_loads
 
 from pg_queue import sql
 from pg_queue.conf import RESULT_CHANNEL, queue_settings
-from pg_queue.payload import ContinuationSpec
+from pg_queue.outcomes import Bury, Cancelled, ClaimedMessage, RetryLater, Success
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedMessage:
-    """A message this worker holds a lease on."""
-
-    msg_id: int
-    task_id: uuid.UUID
-    task_name: str
-    queue_name: str
-    payload: Any
-    attempts: int
-    max_attempts: int
-    lease_token: uuid.UUID
-    enqueued_at: dt.datetime
-    available_at: dt.datetime  # when it became due (enqueue time unless delayed or retried)
-    claimed_at: dt.datetime  # database clock at claim
-    cancel_requested: bool = False  # an operator cancelled it before this claim
-
-
-@dataclass(frozen=True, slots=True)
-class Success:
-    msg: ClaimedMessage
-    result_json: str | None  # None: the task does not store results
-    started_at: dt.datetime
-    on_success: ContinuationSpec | None = None
-    value: Any = None  # the JSON-coerced result, kept only when on_success needs it
-
-
-@dataclass(frozen=True, slots=True)
-class RetryLater:
-    msg: ClaimedMessage
-    delay: float
-    error: str
-    # Raise the row's max_attempts to at least this (a Celery task's own self.retry(max_retries=)
-    # is the bound there; Celery already refused when it was exhausted). 0 = unchanged.
-    min_max_attempts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Bury:
-    msg: ClaimedMessage
-    reason: str
-    error: str
-    traceback: str
-    started_at: dt.datetime | None
-    on_error: ContinuationSpec | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Cancelled:
-    """An operator cancelled the job; it ends with a 'cancelled' outcome and fires on_error."""
-
-    msg: ClaimedMessage
-    error: str
-    on_error: ContinuationSpec | None = None
-
-
-def worker_connection(alias: str = "default") -> psycopg.Connection[Any]:
+def worker_connection(alias: str = "default", *, pooled: bool = False) -> psycopg.Connection[Any]:
     """A fresh autocommit psycopg connection to the database Django's ``alias`` points at.
 
-    Prepared statements follow ``PG_QUEUE['PREPARED_STATEMENTS']`` (turn them off behind a
-    PgBouncer that does not support them).
+    Session settings bound every wait: ``lock_timeout`` and ``statement_timeout`` (settings of
+    the same names), and per-execution planning for prepared statements. ``pooled`` (the worker
+    found a transaction-pooling PgBouncer in front of the database) turns all session state
+    off: no prepared statements and no ``SET``, which such a pooler would leak onto other
+    clients' server connections or lose between statements.
     """
+    conf = queue_settings()
     params = dict(connections[alias].get_connection_params())
     for django_only in ("context", "cursor_factory", "server_side_binding"):
         params.pop(django_only, None)
     params.pop("prepare_threshold", None)
-    # Bound every network wait: a partition must not block the heartbeat (which holds the
-    # in-flight lock while renewing) for the kernel's default of many minutes.
-    lease_ms = int(queue_settings().lease_seconds * 1000)
+    # Bound every network wait: a partition must not block a service thread for the kernel's
+    # default of many minutes.
+    lease_ms = int(conf.lease_seconds * 1000)
     params.setdefault("connect_timeout", 10)
     params.setdefault("keepalives", 1)
     params.setdefault("keepalives_idle", 10)
@@ -98,19 +45,47 @@ def worker_connection(alias: str = "default") -> psycopg.Connection[Any]:
     params.setdefault("keepalives_count", 3)
     params.setdefault("tcp_user_timeout", lease_ms)
     conn = psycopg.connect(**params, autocommit=True)
-    if queue_settings().prepared_statements:
-        conn.prepare_threshold = 0
+    if pooled:
+        conn.prepare_threshold = None
+        return conn
+    conn.prepare_threshold = None  # the session SETs below are never prepared
+    conn.execute(
+        f"SET lock_timeout = {_millis(conf.lock_timeout)}; "
+        f"SET statement_timeout = {_millis(conf.statement_timeout)}"
+    )
+    if conf.prepared_statements:
         # PostgreSQL switches a prepared statement to a generic plan after five executions,
         # costed from the table's size at that moment and then kept. Made while the queue was
         # empty (a fresh start, a drained queue after VACUUM), it seq-scans once the queue is
         # deep: measured, claims took 1.3 s each and a 6,000 jobs/s stream backed up. Custom
         # plans are made per execution from the current size; preparing still saves the parse.
         conn.execute("SET plan_cache_mode = force_custom_plan")
-    else:
-        conn.prepare_threshold = None
-    # Payloads arrive as jsonb on every claim: orjson parses them several times faster.
+        conn.prepare_threshold = 0
+    # jsonb columns other than payloads (which the claim loop decodes itself) parse with orjson.
     set_json_loads(orjson.loads, conn)
     return conn
+
+
+def _millis(seconds: float) -> int:
+    """A timeout setting in whole milliseconds (0 = none), for a SET that takes no parameters."""
+    return max(0, round(float(seconds) * 1000))
+
+
+def transaction_pooling(alias: str = "default") -> bool:
+    """Is a transaction-pooling proxy (PgBouncer) between us and the server?
+
+    LISTEN on one connection, NOTIFY from another: a session-level LISTEN behind transaction
+    pooling is left on a server connection that goes back to the pool, so the notification
+    never comes back. Costs two short connections and, behind such a pooler, one probe timeout.
+    """
+    from pg_queue.notify import PROBE_TIMEOUT
+
+    channel = f"pg_queue_probe_{uuid.uuid4().hex}"
+    with worker_connection(alias, pooled=True) as listening:
+        listening.execute(f"LISTEN {channel}")
+        with worker_connection(alias, pooled=True) as other:
+            other.execute("SELECT pg_notify(%s, 'probe')", [channel])
+        return not any(True for _ in listening.notifies(timeout=PROBE_TIMEOUT, stop_after=1))
 
 
 def message_claim(
@@ -121,7 +96,7 @@ def message_claim(
         sql.MESSAGE_CLAIM,
         {"queue": queue, "limit": limit, "lease": lease, "worker_id": worker_id},
     ).fetchall()
-    return [ClaimedMessage(*row) for row in rows]
+    return [ClaimedMessage(*row) for row in rows]  # payloads as text: decoded one by one
 
 
 def message_due_soon(
@@ -197,24 +172,45 @@ def message_bury(
     return {r[0] for r in rows}
 
 
-def lease_extend(
-    conn: psycopg.Connection[Any], held: dict[int, uuid.UUID], *, lease: float
-) -> set[int]:
-    """Renew every lease in ``held`` (msg_id -> token); returns the ids still ours."""
-    return set(lease_extend_flags(conn, held, lease=lease))
+@dataclass(frozen=True, slots=True)
+class LeaseRenewal:
+    """What one renewal found: renewed ids (and which of them an operator cancelled), ids
+    locked by someone else right now (still ours: retried next beat), and ids lost to us."""
+
+    renewed: set[int]
+    cancel_requested: set[int]
+    busy: set[int]
+    lost: set[int]
 
 
-def lease_extend_flags(
+def lease_renew(
     conn: psycopg.Connection[Any], held: dict[int, uuid.UUID], *, lease: float
-) -> dict[int, bool]:
-    """Renew like ``lease_extend``; maps each id still ours to its ``cancel_requested``."""
+) -> LeaseRenewal:
+    """Renew every lease in ``held`` (msg_id -> token) that nobody else has locked right now."""
     if not held:
-        return {}
+        return LeaseRenewal(set(), set(), set(), set())
     rows = conn.execute(
         sql.LEASE_EXTEND,
         {"msg_ids": list(held), "tokens": list(held.values()), "lease": lease},
     ).fetchall()
-    return {r[0]: bool(r[1]) for r in rows}
+    renewal = LeaseRenewal(set(), set(), set(), set())
+    for msg_id, renewed, cancel, ours in rows:
+        if renewed:
+            renewal.renewed.add(msg_id)
+            if cancel:
+                renewal.cancel_requested.add(msg_id)
+        elif ours:
+            renewal.busy.add(msg_id)
+        else:
+            renewal.lost.add(msg_id)
+    return renewal
+
+
+def lease_extend(
+    conn: psycopg.Connection[Any], held: dict[int, uuid.UUID], *, lease: float
+) -> set[int]:
+    """Renew like ``lease_renew``; returns the ids renewed."""
+    return lease_renew(conn, held, lease=lease).renewed
 
 
 def message_cancel(
@@ -235,12 +231,26 @@ def message_cancel(
     return {r[0] for r in rows}
 
 
-def message_release(conn: psycopg.Connection[Any], held: dict[int, uuid.UUID]) -> set[int]:
-    """Hand claimed-but-unstarted or abandoned messages back without counting an attempt."""
+def message_release(
+    conn: psycopg.Connection[Any],
+    held: dict[int, uuid.UUID],
+    *,
+    started: set[int] | frozenset[int] = frozenset(),
+) -> set[int]:
+    """Hand claimed messages back to the queue (graceful shutdown).
+
+    A job that never started gets its attempt back; one in ``started`` keeps it (attempts
+    count executions started, whether or not they finished).
+    """
     if not held:
         return set()
     rows = conn.execute(
-        sql.MESSAGE_RELEASE, {"msg_ids": list(held), "tokens": list(held.values())}
+        sql.MESSAGE_RELEASE,
+        {
+            "msg_ids": list(held),
+            "tokens": list(held.values()),
+            "refund": [msg_id not in started for msg_id in held],
+        },
     ).fetchall()
     return {r[0] for r in rows}
 
@@ -251,14 +261,18 @@ def message_rearm(conn: psycopg.Connection[Any], *, limit: int) -> int:
 
 
 def message_rearm_exhausted(
-    conn: psycopg.Connection[Any], *, limit: int, ttl: float
-) -> list[tuple[uuid.UUID, str, str, Any, str]]:
-    """Dead-letter expired claims on their last attempt.
+    conn: psycopg.Connection[Any], *, limit: int, ttl: float, notify: bool = False
+) -> list[tuple[uuid.UUID, str, str, str, str]]:
+    """Dead-letter expired claims on their last attempt; waiters on them are woken.
 
-    Returns (task_id, task_name, queue_name, payload, error) per row so the caller can fire
-    ``on_error`` continuations in the same transaction.
+    Returns (task_id, task_name, queue_name, payload as JSON text, error) per row, so the caller
+    can fire ``on_error`` continuations in the same transaction, decoding each payload inside
+    its own guard.
     """
-    return conn.execute(sql.MESSAGE_REARM_EXHAUSTED, {"limit": limit, "ttl": ttl}).fetchall()
+    return conn.execute(
+        sql.MESSAGE_REARM_EXHAUSTED,
+        {"limit": limit, "ttl": ttl, "notify": notify, "channel": RESULT_CHANNEL},
+    ).fetchall()
 
 
 def message_insert_many(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:

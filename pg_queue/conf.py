@@ -43,6 +43,25 @@ DEFAULT_NOTIFY = True
 DEFAULT_PREPARED_STATEMENTS = True
 #: Seconds between the re-arm sweeps every worker runs (expired leases go back to ready).
 DEFAULT_REARM_INTERVAL = 5.0
+#: Seconds between result-retention sweeps; each sweep deletes in bounded batches until no
+#: expired result is left, so retention keeps up with any drain rate.
+DEFAULT_RESULT_SWEEP_INTERVAL = 60.0
+#: Worker connections: longest wait for a row or table lock (seconds). An operator's open
+#: transaction holding one row must not stall a finish; the write is retried, the rest go on.
+DEFAULT_LOCK_TIMEOUT = 2.0
+#: Worker connections: longest any one statement may run (seconds; 0 = no limit). Every queue
+#: statement is bounded (batches), so hitting this means something else is wrong.
+DEFAULT_STATEMENT_TIMEOUT = 30.0
+#: Largest result a task may return, as JSON bytes. jsonb stops at 255 MB; a result this big
+#: belongs in object storage, and a finish batch holds its results in memory until written.
+#: A larger result dead-letters the job ("result not storable") instead of failing every write.
+DEFAULT_RESULT_MAX_BYTES = 64 * 1024 * 1024
+#: Health: the oldest finished job not yet written may be this old (seconds) before /healthz
+#: turns red (the database refuses writes, or the finisher is stuck).
+DEFAULT_UNWRITTEN_OUTCOME_MAX_AGE = 60.0
+#: Supervisor (--processes): a child unhealthy this long (seconds) is stopped and restarted,
+#: even though it has not exited.
+DEFAULT_UNHEALTHY_RESTART_AFTER = 60.0
 #: Seconds a --burst worker still waits for delayed rows (e.g. retries) before it exits.
 DEFAULT_BURST_LOOKAHEAD = 15.0
 #: Per-task wall clock limit in seconds; 0 means none (the lease is still renewed).
@@ -90,6 +109,12 @@ class QueueSettings:
     notify: bool = DEFAULT_NOTIFY
     prepared_statements: bool = DEFAULT_PREPARED_STATEMENTS
     rearm_interval: float = DEFAULT_REARM_INTERVAL
+    result_sweep_interval: float = DEFAULT_RESULT_SWEEP_INTERVAL
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
+    result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES
+    unwritten_outcome_max_age: float = DEFAULT_UNWRITTEN_OUTCOME_MAX_AGE
+    unhealthy_restart_after: float = DEFAULT_UNHEALTHY_RESTART_AFTER
     burst_lookahead: float = DEFAULT_BURST_LOOKAHEAD
     time_limit: float = DEFAULT_TIME_LIMIT
     celery_app: str = DEFAULT_CELERY_APP

@@ -28,6 +28,19 @@ LEASE_LOST = Counter("pg_queue_lease_lost", "Leases found taken away from this w
 REARMED = Counter("pg_queue_rearmed", "Expired claims returned to ready by this worker")
 TIME_LIMITED = Counter("pg_queue_time_limited", "Jobs failed for exceeding their time limit")
 RECONNECTS = Counter("pg_queue_reconnects", "Database reconnects after a lost connection")
+THREAD_ERRORS = Counter(
+    "pg_queue_thread_errors",
+    "Unexpected exceptions in worker threads (each one turns /healthz red)",
+    ["thread"],
+)
+UNSTORABLE = Counter(
+    "pg_queue_unstorable",
+    "Finishes the database refused for their content, dead-lettered as 'unstorable'",
+    ["queue"],
+)
+EVENTS_DROPPED = Counter(
+    "pg_queue_events_dropped", "Lifecycle signals not sent because their receivers fell behind"
+)
 TASK_DURATION = Histogram(
     "pg_queue_task_duration_seconds", "Task run time", ["queue"], buckets=_LATENCY_BUCKETS
 )

@@ -29,6 +29,7 @@ class DeadLetterReason(models.TextChoices):
     UNKNOWN_TASK = "unknown_task", "unknown task"
     UNDECODABLE = "undecodable", "undecodable payload"
     LEASE_EXPIRED = "lease_expired", "lease expired on the last attempt"
+    UNSTORABLE = "unstorable", "outcome not storable"
 
 
 class WorkerState(models.TextChoices):
@@ -73,16 +74,20 @@ class QueueMessage(models.Model):
     class Meta:
         db_table = "pg_queue_message"
         indexes = [
-            # Serves the claim: ready rows only, in claim order. vt is deliberately absent so
-            # lease renewals stay HOT updates.
+            # Serves the claim: ready rows only, in claim order.
             models.Index(
                 fields=["queue_name", "-priority", "available_at", "msg_id"],
                 name="pg_queue_msg_claim_idx",
                 condition=models.Q(state="ready"),
             ),
-            # Serves the re-arm sweep over expired leases.
+            # Serves the re-arm sweep and per-worker views: claimed rows only (as many as jobs
+            # in flight), whose vt the sweep reads from the heap. vt itself is in no index, so a
+            # lease renewal (which changes vt alone) is a HOT update: no index entry is written
+            # and the new row version stays on its page (tests/test_claim.py checks it).
             models.Index(
-                fields=["vt"], name="pg_queue_msg_vt_idx", condition=models.Q(state="claimed")
+                fields=["worker_id"],
+                name="pg_queue_msg_claimed_idx",
+                condition=models.Q(state="claimed"),
             ),
         ]
         constraints = [

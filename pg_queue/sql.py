@@ -77,7 +77,7 @@ SET state = 'claimed',
     worker_id = %(worker_id)s
 FROM picked
 WHERE m.msg_id = picked.msg_id
-RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload, m.attempts,
+RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text, m.attempts,
           m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now(),
           m.cancel_requested
 """
@@ -237,22 +237,40 @@ SELECT msg_id FROM gone, woken
 
 # --- leases ----------------------------------------------------------------------------------
 
-#: Renew every in-flight lease of one worker in a single statement. An id missing from the
-#: result was taken from us (re-armed and maybe re-claimed): stop treating it as ours.
+#: Renew every in-flight lease of one worker in a single statement, skipping rows someone else
+#: has locked right now (an operator's open transaction must not stall every other renewal).
+#: One row per id asked: renewed (and cancel_requested), or not renewed but still ours (locked
+#: elsewhere: try again next beat), or neither: taken from us (re-armed, maybe re-claimed).
 LEASE_EXTEND = """
-UPDATE pg_queue_message AS m
-SET vt = now() + make_interval(secs => %(lease)s)
-FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
-WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
-RETURNING m.msg_id, m.cancel_requested
+WITH held AS (
+    SELECT * FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
+), mine AS (
+    SELECT m.msg_id FROM pg_queue_message AS m JOIN held AS a ON a.msg_id = m.msg_id
+    WHERE m.lease_token = a.lease_token AND m.state = 'claimed'
+    FOR UPDATE OF m SKIP LOCKED
+), renewed AS (
+    UPDATE pg_queue_message AS m
+    SET vt = now() + make_interval(secs => %(lease)s)
+    FROM mine
+    WHERE m.msg_id = mine.msg_id
+    RETURNING m.msg_id, m.cancel_requested
+)
+SELECT a.msg_id, r.msg_id IS NOT NULL, COALESCE(r.cancel_requested, false),
+       EXISTS (
+           SELECT 1 FROM pg_queue_message AS m
+           WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
+       )
+FROM held AS a LEFT JOIN renewed AS r ON r.msg_id = a.msg_id
 """
 
-#: Hand back jobs we claimed but will not run (graceful shutdown): the attempt is not counted.
+#: Hand back jobs we claimed (graceful shutdown). Those that never started get their attempt
+#: back (``refund``); those that ran past the grace keep it: attempts count executions started.
 MESSAGE_RELEASE = """
 UPDATE pg_queue_message AS m
 SET state = 'ready', lease_token = NULL, vt = NULL, worker_id = '',
-    attempts = GREATEST(m.attempts - 1, 0)
-FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
+    attempts = CASE WHEN a.refund THEN GREATEST(m.attempts - 1, 0) ELSE m.attempts END
+FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[], %(refund)s::boolean[])
+     AS a(msg_id, lease_token, refund)
 WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
 RETURNING m.msg_id
 """
@@ -275,7 +293,10 @@ WHERE m.msg_id = expired.msg_id AND m.state = 'claimed' AND m.vt < now()
 RETURNING m.msg_id, m.task_id, m.queue_name
 """
 
-#: Expired claims on their last attempt are dead-lettered (with a failed outcome) instead.
+#: Expired claims on their last attempt are dead-lettered (with a failed outcome) instead, and
+#: callers waiting on them are woken like for any other outcome. Payloads come back as text:
+#: the caller decodes each one inside its own guard (one undecodable payload must not fail the
+#: sweep for every row, on every worker, forever).
 MESSAGE_REARM_EXHAUSTED = """
 WITH expired AS (
     SELECT msg_id FROM pg_queue_message
@@ -308,10 +329,16 @@ WITH expired AS (
            now() + make_interval(secs => %(ttl)s)
     FROM gone AS g
     ON CONFLICT (task_id) DO NOTHING
+    RETURNING task_id
+), woken AS (
+    SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
+                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')  -- NOTIFY payload < 8000 B
+                ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
+    FROM outcomes
 )
-SELECT g.task_id, g.task_name, g.queue_name, g.payload,
+SELECT g.task_id, g.task_name, g.queue_name, g.payload::text,
        'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing'
-FROM gone AS g
+FROM gone AS g, woken
 """
 
 # --- workers ---------------------------------------------------------------------------------

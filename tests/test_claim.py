@@ -21,8 +21,9 @@ import pytest
 from django.db import connection
 
 from pg_queue import claim, sql
-from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
 from pg_queue.models import DeadLetter, QueueMessage, TaskResult
+from pg_queue.outcomes import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.payload import loads
 from pg_queue.producer import enqueue, enqueue_many, job
 from workers import tasks
 
@@ -53,6 +54,10 @@ def claim_all(conn: psycopg.Connection[Any], queue: str = "default") -> list[Cla
     return claim.message_claim(conn, queue=queue, limit=1000, lease=LEASE, worker_id="w")
 
 
+def args_of(msg: ClaimedMessage) -> list[Any]:
+    return loads(msg.payload_text)["args"]
+
+
 def db_now() -> dt.datetime:
     with connection.cursor() as cursor:
         cursor.execute("SELECT now()")
@@ -80,7 +85,7 @@ def test_enqueue_claim_ack_round_trip(conn):
     msg = claim_one(conn, "worker-a", limit=10)
     assert msg.task_id == handle.task_id
     assert (msg.task_name, msg.queue_name) == ("workers.tasks.add", "default")
-    assert msg.payload == {"args": [2, 3], "kwargs": {}}
+    assert loads(msg.payload_text) == {"args": [2, 3], "kwargs": {}}
     assert (msg.attempts, msg.max_attempts) == (1, 3)
     row = QueueMessage.objects.get(msg_id=msg.msg_id)
     assert (row.state, row.worker_id, row.lease_token) == ("claimed", "worker-a", msg.lease_token)
@@ -119,12 +124,12 @@ def test_ack_is_batched_and_acks_only_the_owned_messages(conn):
     assert len(msgs) == 5
     stale = dataclasses.replace(msgs[0], lease_token=uuid.uuid4())
     items = [Success(stale, "0", msgs[0].claimed_at)]
-    items += [Success(m, str(m.payload["args"][0]), m.claimed_at) for m in msgs[1:]]
+    items += [Success(m, str(args_of(m)[0]), m.claimed_at) for m in msgs[1:]]
     assert claim.message_ack(conn, items, ttl=60) == {m.msg_id for m in msgs[1:]}
     assert list(QueueMessage.objects.values_list("msg_id", flat=True)) == [msgs[0].msg_id]
     assert TaskResult.objects.count() == 4
     for m in msgs[1:]:
-        assert TaskResult.objects.get(task_id=m.task_id).result == m.payload["args"][0]
+        assert TaskResult.objects.get(task_id=m.task_id).result == args_of(m)[0]
 
 
 def test_ack_of_a_batch_too_big_for_one_notify_payload_still_wakes_waiters(conn):
@@ -134,7 +139,7 @@ def test_ack_of_a_batch_too_big_for_one_notify_payload_still_wakes_waiters(conn)
     assert len(msgs) == 300
     listener = claim.worker_connection()
     listener.execute("LISTEN pg_queue_result")
-    items = [Success(m, str(m.payload["args"][0]), m.claimed_at) for m in msgs]
+    items = [Success(m, str(args_of(m)[0]), m.claimed_at) for m in msgs]
     assert len(claim.message_ack(conn, items, ttl=60, notify=True)) == 300
     payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
     listener.close()
@@ -229,6 +234,40 @@ def test_lease_extend_renews_only_leases_still_held(conn):
     assert claim.lease_extend(conn, {}, lease=LEASE) == set()
 
 
+def test_lease_renewal_skips_a_row_locked_elsewhere_and_keeps_it_ours(conn):
+    enqueue_many(job("workers.tasks.echo", [i]) for i in range(2))
+    locked, free = claim.message_claim(conn, queue="default", limit=2, lease=5, worker_id="w")
+    held = {locked.msg_id: locked.lease_token, free.msg_id: free.lease_token}
+    with claim.worker_connection() as operator, operator.transaction():
+        operator.execute(
+            "SELECT 1 FROM pg_queue_message WHERE msg_id = %s FOR UPDATE", [locked.msg_id]
+        )
+        renewal = claim.lease_renew(conn, held, lease=LEASE)
+    assert renewal.renewed == {free.msg_id}
+    assert renewal.busy == {locked.msg_id}  # not lost: renewed again next beat
+    assert renewal.lost == set()
+    assert claim.lease_renew(conn, held, lease=LEASE).renewed == set(held)
+
+
+def test_lease_renewals_are_hot_updates(conn):
+    """Renewing a lease changes only vt, which no index covers: the update stays on its page
+    and touches no index (a HOT update), however many leases a worker renews each beat."""
+    enqueue_many(job("workers.tasks.echo", [i]) for i in range(10))
+    msgs = claim.message_claim(conn, queue="default", limit=10, lease=5, worker_id="w")
+    held = {m.msg_id: m.lease_token for m in msgs}
+    # This backend's counts not yet flushed to the cumulative statistics (the claim's too).
+    counts = (
+        "SELECT pg_stat_get_xact_tuples_updated('pg_queue_message'::regclass), "
+        "pg_stat_get_xact_tuples_hot_updated('pg_queue_message'::regclass)"
+    )
+    with conn.transaction():
+        updated_before, hot_before = conn.execute(counts).fetchone()
+        for lease in (LEASE, LEASE + 1):  # now() is fixed in a transaction: a new vt each time
+            assert claim.lease_renew(conn, held, lease=lease).renewed == set(held)
+        updated, hot = conn.execute(counts).fetchone()
+    assert (updated - updated_before, hot - hot_before) == (20, 20)
+
+
 def test_retry_puts_the_job_back_after_its_delay_with_the_error(conn):
     enqueue("workers.tasks.echo", [1])
     msg = claim_one(conn)
@@ -320,7 +359,7 @@ def test_claim_never_returns_more_than_its_limit_or_another_queue(conn):
         assert all(m.queue_name == "default" for m in got)
         sizes.append(len(got))
     assert sizes == [3, 1, 4, 2, 0]
-    assert [m.payload["args"] for m in claim_all(conn, "elsewhere")] == [[99]]
+    assert [args_of(m) for m in claim_all(conn, "elsewhere")] == [[99]]
 
 
 def test_two_concurrent_claimers_never_share_a_message():
@@ -398,7 +437,7 @@ def test_eta_in_the_future_is_not_claimable_and_in_the_past_is(conn):
     now = db_now()
     enqueue("workers.tasks.echo", ["later"], eta=now + dt.timedelta(hours=1))
     enqueue("workers.tasks.echo", ["earlier"], eta=now - dt.timedelta(minutes=1))
-    assert [m.payload["args"] for m in claim_all(conn)] == [["earlier"]]
+    assert [args_of(m) for m in claim_all(conn)] == [["earlier"]]
 
 
 def test_claim_order_is_priority_then_age(conn):
@@ -407,14 +446,14 @@ def test_claim_order_is_priority_then_age(conn):
         enqueue("workers.tasks.echo", [name], priority=priority)
     order = []
     for _ in specs:
-        order.append(claim_one(conn).payload["args"][0])
+        order.append(args_of(claim_one(conn))[0])
     assert order == ["p10", "p5-a", "p5-b", "p0-a", "p0-b", "neg"]
 
 
 def test_claim_with_a_limit_takes_the_highest_priority_rows(conn):
     enqueue_many(job("workers.tasks.echo", [i], priority=i) for i in range(20))
     got = claim.message_claim(conn, queue="default", limit=5, lease=LEASE, worker_id="w")
-    assert sorted(m.payload["args"][0] for m in got) == [15, 16, 17, 18, 19]
+    assert sorted(args_of(m)[0] for m in got) == [15, 16, 17, 18, 19]
 
 
 def test_worker_connections_plan_every_claim_for_the_current_table_size():

@@ -1,39 +1,41 @@
-"""Callbacks after a job: ``on_success`` / ``on_error`` continuations, and ``job_failed``.
+"""Callbacks after a job: the ``on_success`` / ``on_error`` continuations.
 
 Continuations are enqueued on the worker's connection inside the same transaction as the ack
 (or dead-letter) that finished the job, under a savepoint: if a continuation cannot be enqueued
 the failure is logged with the task id and the job is still acked, never redelivered for it.
 ``on_success`` receives the result as its first argument; ``on_error`` receives the failed job's
-task id and the real error text as its first two arguments.
+task id and the real error text as its first two arguments. (``job_failed`` and the other
+signals are sent by ``worker.events``, off the hot threads.)
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 import psycopg
-from django.db import close_old_connections
 
 from pg_queue import claim, sql
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
-from pg_queue.payload import ContinuationSpec
+from pg_queue.payload import ContinuationSpec, loads
 from pg_queue.producer import JobSpec, bulk_params
 from pg_queue.registry import EnqueueOptions
-from pg_queue.signals import job_failed
 
 logger = logging.getLogger("pg_queue.worker")
 
 
 def lenient_on_error(raw_payload: Any) -> ContinuationSpec | None:
-    """The ``on_error`` spec of a payload that may be otherwise undecodable, if it has one."""
-    if not isinstance(raw_payload, dict) or not raw_payload.get("on_error"):
-        return None
+    """The ``on_error`` spec of a payload (decoded, or JSON text) that may be otherwise
+    undecodable, if it has one. Never raises: an unreadable payload simply has none."""
     try:
+        if isinstance(raw_payload, str | bytes):
+            raw_payload = loads(raw_payload)
+        if not isinstance(raw_payload, dict) or not raw_payload.get("on_error"):
+            return None
         return ContinuationSpec.from_json(raw_payload["on_error"])
-    except ValueError:
+    except Exception as exc:
+        logger.warning("on_error of an unreadable payload not fired: %s", exc)
         return None
 
 
@@ -83,29 +85,3 @@ def enqueue_continuations(
             )
         return 0
     return len(specs)
-
-
-def send_job_failed(rows: Iterable[tuple[uuid.UUID, str, str, str, str]]) -> None:
-    """Send ``job_failed`` for (task_id, task_name, queue_name, reason, error) rows.
-
-    Receivers use this thread's Django connection: refresh it first, so a database restart
-    earlier does not make every receiver fail on a dead connection.
-    """
-    close_old_connections()
-    for task_id, task_name, queue_name, reason, error in rows:
-        responses = job_failed.send_robust(
-            sender=job_failed,
-            task_id=task_id,
-            task_name=task_name,
-            queue_name=queue_name,
-            reason=reason,
-            error=error,
-        )
-        for receiver, response in responses:
-            if isinstance(response, Exception):
-                logger.error(
-                    "job_failed receiver raised task_id=%s receiver=%r error=%s",
-                    task_id,
-                    receiver,
-                    response,
-                )

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from pg_queue import claim
-from pg_queue.claim import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.outcomes import Bury, ClaimedMessage, RetryLater, Success
 from pg_queue.producer import enqueue, enqueue_many, job
 from tests.delivery import tasks
 from tests.delivery.conftest import Db, wait_for

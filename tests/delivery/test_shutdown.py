@@ -76,7 +76,8 @@ def test_sigterm_releases_jobs_longer_than_the_grace(side_tables, workers):
     pgdb = side_tables
     job_ms = 20_000
     handle = tasks.record.enqueue(ms=job_ms)
-    # As if it had run once before: release must restore 1, not reset to 0.
+    # As if it had run once before. It starts (attempt 2) and runs past the grace: it keeps
+    # that attempt (attempts count executions started); only unstarted jobs get it back.
     pgdb.rows("UPDATE pg_queue_message SET attempts = 1 WHERE task_id = %s", [handle.task_id])
     proc, worker_id = start(
         workers, "--concurrency", "1", "--batch-size", "1", "--shutdown-grace", "1"
@@ -94,7 +95,7 @@ def test_sigterm_releases_jobs_longer_than_the_grace(side_tables, workers):
     took = time.monotonic() - signalled
     assert code == 0, proc.log()
     assert took < job_ms / 1000, "the worker waited for the job instead of releasing it"
-    assert message_rows(pgdb) == {handle.task_id: ("ready", 1, "")}
+    assert message_rows(pgdb) == {handle.task_id: ("ready", 2, "")}
     assert pgdb.value("SELECT count(*) FROM pg_task_result") == 0
     assert not worker_row_exists(pgdb, worker_id)
     assert "released unfinished jobs at shutdown" in proc.log()
