@@ -15,7 +15,7 @@ import queue
 import time
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.dispatch import Signal
 
 from pg_queue import metrics
@@ -64,6 +64,7 @@ class Events(Service):
         deadline = time.monotonic() + EVENTS_DRAIN
         while not self._queue.empty() and time.monotonic() < deadline:
             self._send_next(EVENTS_POLL)
+        connections.close_all()  # what receivers opened in this thread
 
     def _send_next(self, timeout: float) -> None:
         try:

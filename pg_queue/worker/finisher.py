@@ -78,9 +78,17 @@ class _StatementFailed(Exception):
         return state in TRANSIENT_SQLSTATES or state.startswith("53")
 
     def describe(self) -> str:
-        text = str(self.cause).strip().splitlines()
-        first = text[0] if text else type(self.cause).__name__
-        return storable_text(f"{type(self.cause).__name__}: {first}")
+        """``Type: message (detail)``, from the server's diagnostics when there are some."""
+        diag = getattr(self.cause, "diag", None)
+        primary = getattr(diag, "message_primary", None)
+        if primary:
+            detail = getattr(diag, "message_detail", None)
+            text = f"{primary} ({detail})" if detail else primary
+        else:
+            lines = str(self.cause).strip().splitlines()
+            text = lines[0] if lines else ""
+        name = type(self.cause).__name__
+        return storable_text(f"{name}: {text}" if text else name)
 
 
 class Finisher(Service):

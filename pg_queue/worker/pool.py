@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import connections
+
 from pg_queue import metrics
 from pg_queue.outcomes import Outcome
 from pg_queue.worker.execution import Job, error_text, failure_outcome, run_job
@@ -162,6 +164,7 @@ class Pool:
                 break
             self.submit(outcome)
         self._retire(threading.current_thread())
+        connections.close_all()  # what tasks opened in this thread
 
     def _execute(self, job: Job) -> Outcome | None:
         """Run one job; None if its time limit fired meanwhile (the timer wrote its outcome)."""

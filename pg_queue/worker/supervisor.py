@@ -4,8 +4,11 @@ Children are fresh interpreters (``python -m django run_pg_worker --child ...``)
 thread or connection state leaks across processes. A child that dies is restarted after an
 exponential backoff; a slot whose child died ``CRASH_LOOP_COUNT`` times within
 ``CRASH_LOOP_WINDOW`` seconds is reported as a crash loop (logged at ERROR, /healthz 503) and
-keeps being retried at the longest backoff. The first SIGTERM/SIGINT is forwarded to every child
-(each stops gracefully); a second one kills them.
+keeps being retried at the longest backoff. A child that is alive but unhealthy (its health
+file says so, or has not been rewritten) for ``UNHEALTHY_RESTART_AFTER`` seconds is stopped
+(SIGTERM, then SIGKILL after its grace) and restarted like a dead one: a wedged process is as
+useless as a dead one. The first SIGTERM/SIGINT is forwarded to every child (each stops
+gracefully); a second one kills them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ CRASH_LOOP_WINDOW = 60.0
 HEALTH_FILE_STALE = 30.0
 #: Supervisor loop tick.
 TICK = 0.2
+#: Seconds beyond its shutdown grace an unhealthy child gets to stop before it is killed.
+KILL_MARGIN = 10.0
+#: Exit code recorded for a child the supervisor stopped for being unhealthy (for the log).
+EXIT_UNHEALTHY = -1
 
 
 @dataclass
@@ -49,6 +56,9 @@ class _Slot:
     crash_loop: bool = False
     restarts: int = 0
     finished: bool = False  # exited 0 by itself (--burst / --max-tasks): not restarted
+    started_at: float = 0.0  # time.monotonic() of the current child's start
+    unhealthy_since: float | None = None  # time.monotonic() since the child looks unhealthy
+    terminated_at: float | None = None  # when the supervisor sent it SIGTERM for that
 
 
 class Supervisor:
@@ -62,6 +72,7 @@ class Supervisor:
         shutdown_grace: float,
         health_port: int | None = None,
         health_host: str = "127.0.0.1",
+        unhealthy_restart_after: float = 60.0,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
@@ -71,6 +82,7 @@ class Supervisor:
         self.shutdown_grace = shutdown_grace
         self.health_port = health_port
         self.health_host = health_host
+        self.unhealthy_restart_after = unhealthy_restart_after
         self._dir = tempfile.mkdtemp(prefix="pg-queue-supervisor-")
         self._metrics_dir = os.path.join(self._dir, "metrics")
         os.makedirs(self._metrics_dir)
@@ -130,7 +142,11 @@ class Supervisor:
         ]
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards one
         # SIGTERM, instead of every child receiving it twice (which means "exit at once").
+        with contextlib.suppress(OSError):
+            os.unlink(slot.health_file)  # the previous child's verdict is not this one's
         slot.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        slot.started_at = time.monotonic()
+        slot.unhealthy_since = slot.terminated_at = None
         logger.info("child started slot=%d pid=%d", slot.index, slot.proc.pid)
 
     def _watch(self) -> None:
@@ -146,8 +162,11 @@ class Supervisor:
                 continue
             code = proc.poll()
             if code is None:
+                self._check_alive_child(slot, now)
                 continue
             slot.proc = None
+            if slot.terminated_at is not None:
+                code = code or EXIT_UNHEALTHY  # stopped for being unhealthy: count it as a death
             if code == 0 and self.finite:
                 logger.info("child finished slot=%d", slot.index)
                 slot.finished = True
@@ -175,6 +194,41 @@ class Supervisor:
                 slot.crash_loop,
                 backoff,
             )
+
+    def _check_alive_child(self, slot: _Slot, now: float) -> None:
+        """Stop a child that stays unhealthy; kill it if it does not stop in its grace."""
+        assert slot.proc is not None
+        if slot.terminated_at is not None:
+            if now - slot.terminated_at > self.shutdown_grace + KILL_MARGIN:
+                logger.error("unhealthy child did not stop, killing slot=%d", slot.index)
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.kill()
+            return
+        if self._child_healthy(slot, now):
+            slot.unhealthy_since = None
+            return
+        if slot.unhealthy_since is None:
+            slot.unhealthy_since = now
+        elif now - slot.unhealthy_since >= self.unhealthy_restart_after:
+            logger.error(
+                "child unhealthy for %.0fs, restarting it slot=%d pid=%d",
+                now - slot.unhealthy_since,
+                slot.index,
+                slot.proc.pid,
+            )
+            slot.terminated_at = now
+            with contextlib.suppress(ProcessLookupError):
+                slot.proc.send_signal(signal.SIGTERM)
+
+    @staticmethod
+    def _child_healthy(slot: _Slot, now: float) -> bool:
+        """What the child's health file says; a child still starting up counts as healthy."""
+        try:
+            data = json.loads(Path(slot.health_file).read_text())
+        except (OSError, ValueError):
+            return now - slot.started_at <= HEALTH_FILE_STALE
+        fresh = time.time() - float(data.get("written_at", 0)) <= HEALTH_FILE_STALE
+        return bool(data.get("healthy")) and fresh
 
     def _drain(self) -> int:
         """Wait for children to stop (grace + margin); kill the ones that do not."""
@@ -207,6 +261,7 @@ class Supervisor:
                 data = json.loads(Path(slot.health_file).read_text())
                 fresh = time.time() - float(data.get("written_at", 0)) <= HEALTH_FILE_STALE
                 info["healthy"] = bool(data.get("healthy")) and fresh
+                info["problems"] = data.get("problems", [])
             except (OSError, ValueError):
                 info["healthy"] = False
             healthy = healthy and info["alive"] and info["healthy"] and not slot.crash_loop

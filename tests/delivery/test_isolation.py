@@ -181,3 +181,36 @@ def test_result_sweep_loops_until_nothing_expired_remains(pgdb, workers):
         interval=0.1,
     )
     assert pgdb.value("SELECT task_id FROM pg_task_result") == keep
+
+
+def test_time_limits_fire_on_their_own_timer_while_the_claim_loop_is_blocked(pgdb, workers):
+    """A table lock holds the claim loop (and every other statement) in lock waits; the job
+    past its limit is still failed at its deadline, and written once the lock is gone."""
+    from workers import tasks as example_tasks
+
+    stuck = example_tasks.overrun.enqueue(30.0)
+    proc = workers.start("--concurrency", "1")
+    workers.wait_for(
+        lambda: (
+            pgdb.value("SELECT state FROM pg_queue_message WHERE task_id = %s", [stuck.task_id])
+            == "claimed"
+        ),
+        timeout=30,
+        what="the overrunning job to start",
+    )
+    from pg_queue.claim import worker_connection
+
+    with worker_connection() as blocker:
+        blocker.autocommit = False
+        blocker.execute("LOCK TABLE pg_queue_message IN ACCESS EXCLUSIVE MODE")
+        workers.wait_for(
+            lambda: "time limit exceeded" in proc.log(tail=100_000),
+            timeout=15,
+            what="the time limit to fire while the table is locked",
+        )
+        blocker.rollback()
+    workers.wait_for(
+        lambda: pgdb.value("SELECT error FROM pg_task_result WHERE task_id = %s", [stuck.task_id]),
+        timeout=30,
+        what="the timeout outcome to be written after the lock",
+    )

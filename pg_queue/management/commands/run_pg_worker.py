@@ -170,6 +170,7 @@ class Command(BaseCommand):
             shutdown_grace=options["shutdown_grace"],
             health_port=options["health_port"],
             health_host=options["health_host"],
+            unhealthy_restart_after=queue_settings().unhealthy_restart_after,
         )
         signal.signal(signal.SIGTERM, supervisor.on_signal)
         signal.signal(signal.SIGINT, supervisor.on_signal)
