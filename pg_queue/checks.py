@@ -57,6 +57,8 @@ def check_pg_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     messages += _check_timing(conf)
+    messages += _check_worker_limits(conf)
+    messages += _check_pooler(conf)
     messages += _check_routing_and_celery(conf)
     return messages
 
@@ -76,6 +78,12 @@ _NUMERIC = (
     "burst_lookahead",
     "time_limit",
     "routing_percent",
+    "result_sweep_interval",
+    "lock_timeout",
+    "statement_timeout",
+    "result_max_bytes",
+    "unwritten_outcome_max_age",
+    "unhealthy_restart_after",
 )
 
 
@@ -136,6 +144,64 @@ def _check_timing(conf: QueueSettings) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+def _check_worker_limits(conf: QueueSettings) -> list[CheckMessage]:
+    """The worker's own bounds: sweeps, timeouts, result size, health thresholds."""
+    messages: list[CheckMessage] = []
+    positive = ("result_sweep_interval", "result_max_bytes", "unwritten_outcome_max_age")
+    positive += ("unhealthy_restart_after",)
+    for name in positive:
+        if getattr(conf, name) <= 0:
+            messages.append(Error(f"PG_QUEUE['{name.upper()}'] must be > 0", id="pg_queue.E014"))
+    for name in ("lock_timeout", "statement_timeout"):
+        if getattr(conf, name) < 0:
+            messages.append(
+                Error(
+                    f"PG_QUEUE['{name.upper()}'] must be >= 0 seconds (0 = no limit)",
+                    id="pg_queue.E015",
+                )
+            )
+    if conf.lock_timeout == 0:
+        messages.append(
+            Warning(
+                "PG_QUEUE['LOCK_TIMEOUT'] is 0: worker statements may wait on a lock forever",
+                hint="An operator's open transaction or a migration's table lock would then "
+                "stall finishes and the worker row's heartbeat for as long as it lasts.",
+                id="pg_queue.W002",
+            )
+        )
+    return messages
+
+
+def _check_pooler(conf: QueueSettings) -> list[CheckMessage]:
+    """Settings that contradict a transaction pooler the DATABASES entry points at.
+
+    Django's own PgBouncer advice (``DISABLE_SERVER_SIDE_CURSORS``, or psycopg's
+    ``prepare_threshold: None``) says a transaction pooler sits in front of the database.
+    Workers find it at start and drop prepared statements, session SETs and LISTEN by
+    themselves; these settings then say the opposite of what will happen.
+    """
+    db = connections["default"].settings_dict
+    options = db.get("OPTIONS") or {}
+    pooled = bool(db.get("DISABLE_SERVER_SIDE_CURSORS")) or (
+        "prepare_threshold" in options and options["prepare_threshold"] is None
+    )
+    enabled = [name for name in ("notify", "prepared_statements") if getattr(conf, name)]
+    if not pooled or not enabled:
+        return []
+    keys = " and ".join(f"PG_QUEUE['{name.upper()}']" for name in enabled)
+    return [
+        Warning(
+            f"DATABASES['default'] looks like it goes through a transaction pooler "
+            f"(PgBouncer), but {keys} {'is' if len(enabled) == 1 else 'are'} on",
+            hint="Behind transaction pooling LISTEN and prepared statements cannot work: "
+            "workers detect the pooler at start and turn them off (and set no session "
+            "timeouts; set lock_timeout/statement_timeout on the database role). Set them "
+            "False to say so, or point the workers at the database directly.",
+            id="pg_queue.W003",
+        )
+    ]
 
 
 def _check_routing_and_celery(conf: QueueSettings) -> list[CheckMessage]:

@@ -49,8 +49,10 @@ def worker_connection(alias: str = "default", *, pooled: bool = False) -> psycop
         conn.prepare_threshold = None
         return conn
     conn.prepare_threshold = None  # the session SETs below are never prepared
+    # A lock wait must never outlast a lease: capped at a quarter of it (0 = no limit).
+    lock_timeout = min(conf.lock_timeout, conf.lease_seconds / 4) if conf.lock_timeout else 0
     conn.execute(
-        f"SET lock_timeout = {_millis(conf.lock_timeout)}; "
+        f"SET lock_timeout = {_millis(lock_timeout)}; "
         f"SET statement_timeout = {_millis(conf.statement_timeout)}"
     )
     if conf.prepared_statements:

@@ -46,8 +46,9 @@ DEFAULT_REARM_INTERVAL = 5.0
 #: Seconds between result-retention sweeps; each sweep deletes in bounded batches until no
 #: expired result is left, so retention keeps up with any drain rate.
 DEFAULT_RESULT_SWEEP_INTERVAL = 60.0
-#: Worker connections: longest wait for a row or table lock (seconds). An operator's open
-#: transaction holding one row must not stall a finish; the write is retried, the rest go on.
+#: Worker connections: longest wait for a row or table lock (seconds; capped at a quarter of
+#: LEASE_SECONDS; 0 = no limit). An operator's open transaction holding one row must not stall
+#: a finish: the write is retried later and the rest go on.
 DEFAULT_LOCK_TIMEOUT = 2.0
 #: Worker connections: longest any one statement may run (seconds; 0 = no limit). Every queue
 #: statement is bounded (batches), so hitting this means something else is wrong.

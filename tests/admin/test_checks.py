@@ -34,6 +34,14 @@ def test_the_example_settings_pass():
         ({"ROUTING_PERCENT": -1}, "pg_queue.E012"),
         ({"LEASE_SECONDS": "30"}, "pg_queue.E013"),
         ({"NO_SUCH_KEY": 1}, "pg_queue.W001"),
+        ({"RESULT_SWEEP_INTERVAL": 0}, "pg_queue.E014"),
+        ({"RESULT_MAX_BYTES": -1}, "pg_queue.E014"),
+        ({"UNWRITTEN_OUTCOME_MAX_AGE": 0}, "pg_queue.E014"),
+        ({"UNHEALTHY_RESTART_AFTER": 0}, "pg_queue.E014"),
+        ({"LOCK_TIMEOUT": -1}, "pg_queue.E015"),
+        ({"STATEMENT_TIMEOUT": -5}, "pg_queue.E015"),
+        ({"LOCK_TIMEOUT": 0}, "pg_queue.W002"),
+        ({"STATEMENT_TIMEOUT": "30s"}, "pg_queue.E013"),
     ],
 )
 def test_each_misconfiguration_is_reported_with_its_id(changes, expected):
@@ -69,3 +77,27 @@ def test_a_string_where_a_number_belongs_is_reported_not_a_crash():
     assert [m.id for m in messages] == ["pg_queue.E013"]
     assert "REARM_INTERVAL" in messages[0].msg
     assert "'5'" in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        ({"DISABLE_SERVER_SIDE_CURSORS": True}, ["pg_queue.W003"]),
+        ({"OPTIONS": {"prepare_threshold": None}}, ["pg_queue.W003"]),
+        ({}, []),
+    ],
+)
+def test_settings_that_contradict_a_transaction_pooler_are_reported(database, expected):
+    from django.db import connections
+
+    live = connections["default"].settings_dict
+    saved = dict(live)
+    live.update(database)
+    try:
+        assert [m.id for m in check_pg_queue()] == expected
+        off = {**settings.PG_QUEUE, "NOTIFY": False, "PREPARED_STATEMENTS": False}
+        with override_settings(PG_QUEUE=off):
+            assert check_pg_queue() == []
+    finally:
+        live.clear()
+        live.update(saved)

@@ -2,7 +2,8 @@
 
 Behind transaction pooling consecutive statements of one client may run on different server
 connections, so the hot path must hold no session state between statements: no prepared
-statements (PG_QUEUE_PREPARED_STATEMENTS=false), no LISTEN (PG_QUEUE_NOTIFY=false).
+statements, no session SET, no LISTEN. The workers run with the default settings (NOTIFY and
+PREPARED_STATEMENTS on): they must find the pooler by themselves and turn all three off.
 """
 
 from __future__ import annotations
@@ -46,11 +47,7 @@ def pgbouncer(transactional_db):
 @pytest.mark.django_db(transaction=True)
 def test_drain_through_pgbouncer_transaction_pooling(pgbouncer, pgdb, workers):
     jobs = 3000
-    env = {
-        "DATABASE_URL": pgbouncer.url,
-        "PG_QUEUE_NOTIFY": "false",
-        "PG_QUEUE_PREPARED_STATEMENTS": "false",
-    }
+    env = {"DATABASE_URL": pgbouncer.url}  # NOTIFY and PREPARED_STATEMENTS at their defaults
     procs = [
         workers.start("--concurrency", "4", "--batch-size", "50", env=env, name=f"pgb-{i}")
         for i in range(2)
@@ -82,6 +79,7 @@ def test_drain_through_pgbouncer_transaction_pooling(pgbouncer, pgdb, workers):
     print(f"pgbouncer: {transactions} transactions pooled for {jobs} jobs")
     assert transactions > 2 * jobs / 50
     for proc in procs:
+        assert "transaction pooling detected" in proc.log(tail=100_000), proc.log()
         done = re.search(
             r"pg_queue worker done: .*\bsucceeded=(\d+).*\breconnects=(\d+)", proc.log()
         )
