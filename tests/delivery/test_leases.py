@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from pg_queue import claim
+from pg_queue.conf import RESULT_CHANNEL
 from pg_queue.outcomes import Bury, ClaimedMessage, RetryLater, Success
 from pg_queue.producer import enqueue, enqueue_many, job
 from tests.delivery import tasks
@@ -266,6 +267,22 @@ def test_rearm_dead_letters_expired_claim_on_its_last_attempt(conns, pgdb, queue
     assert pgdb.value("SELECT status FROM pg_task_result WHERE task_id = %s", [task_id]) == "failed"
     # A second sweep finds nothing more.
     assert rearm(sweeper_conn) == (0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outcome_written_by_rearm_wakes_callers_waiting_on_it(conns, pgdb, queue_name):
+    """A caller blocked in wait() for a job whose worker died on its last attempt is woken
+    by the re-arm that writes the failed outcome, like by any other finish."""
+    worker_conn, sweeper_conn, listening = conns
+    last = enqueue("workers.tasks.echo", [1], queue=queue_name, max_attempts=1)
+    msg = claim_one(worker_conn, queue_name, "doomed-worker", TINY_LEASE)
+    wait_expired(pgdb, [msg.msg_id])
+    listening.execute(f"LISTEN {RESULT_CHANNEL}")
+    with sweeper_conn.transaction():
+        rows = claim.message_rearm_exhausted(sweeper_conn, limit=100, ttl=TTL, notify=True)
+    assert [r[0] for r in rows] == [last.task_id]
+    notes = [n.payload for n in listening.notifies(timeout=5, stop_after=1)]
+    assert notes == [str(last.task_id)]
 
 
 @pytest.mark.django_db(transaction=True)
