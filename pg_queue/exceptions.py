@@ -6,7 +6,8 @@ class PgQueueError(Exception):
 
 
 class PayloadError(PgQueueError, ValueError):
-    """A value cannot travel as JSON; the message names the argument path (``kwargs['when']``)."""
+    """A value cannot travel to PostgreSQL and back unchanged; the message names the argument
+    path (``kwargs['when']``) or the option (``queue``, ``tenant_key``)."""
 
 
 class TaskNotFound(PgQueueError, LookupError):

@@ -13,7 +13,18 @@ from decimal import Decimal
 import pytest
 
 from pg_queue.exceptions import PayloadError
-from pg_queue.payload import ContinuationSpec, TaskPayload, coerce_json, dumps, validate_delay
+from pg_queue.payload import (
+    INT_MAX,
+    INT_MIN,
+    MAX_DEPTH,
+    ContinuationSpec,
+    TaskPayload,
+    check_text,
+    coerce_json,
+    dumps,
+    loads,
+    validate_delay,
+)
 
 
 class Colour(enum.Enum):
@@ -170,3 +181,82 @@ def test_validate_delay_refuses_what_no_due_time_can_represent(seconds, fragment
     with pytest.raises(PayloadError, match=re.escape(fragment)) as info:
         validate_delay(seconds, "Retry(delay=...)")
     assert str(info.value).startswith("Retry(delay=...)")
+
+
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "fragment"),
+    [
+        ([1, INT_MAX + 1], "result[1]", "outside the signed 64-bit integer range"),
+        ({"n": INT_MIN - 1}, "result['n']", "outside the signed 64-bit integer range"),
+        ([2**64], "result[0]", "outside the signed 64-bit integer range"),
+        ([10**400], "result[0]", "outside the signed 64-bit integer range"),
+        (["ok", "a\x00b"], "result[1]", "NUL"),
+        ({"k": {"\x00": 1}}, "result['k'] has a key '\\x00'", "NUL"),
+        ([["\ud800"]], "result[0][0]", "surrogate"),
+        (["\ud83d\ude00"], "result[0]", "surrogate"),
+    ],
+)
+def test_dumps_refuses_what_would_not_come_back_exactly_naming_the_path(value, path, fragment):
+    """No fallback to json.dumps for big integers, no NUL or surrogates for jsonb to choke on."""
+    with pytest.raises(PayloadError) as info:
+        dumps(value, "result")
+    assert str(info.value).startswith(path)
+    assert fragment in str(info.value)
+
+
+def test_text_that_only_looks_like_nul_or_a_long_number_is_accepted():
+    value = ["\\u0000", "12345678901234567890123", INT_MAX, INT_MIN, {"\\u0000": 10**18}]
+    assert loads(dumps(value)) == value
+
+
+def test_floats_from_1e16_are_written_as_exact_decimals_with_a_fraction():
+    """jsonb stores ``1e+16`` as a numeric without scale and prints ``10000000000000000``."""
+    text = dumps(coerce_json([1e16, -2.5e200, 1.5e16, 9999999999999998.0, 1e-7], "args"))
+    assert text.startswith("[10000000000000000.0,-25000000000000000")
+    assert "e" not in text.split(",")[1]
+    assert text.endswith(",15000000000000000.0,9999999999999998.0,1e-7]")
+    assert loads(text) == [1e16, -2.5e200, 1.5e16, 9999999999999998.0, 1e-7]
+    assert all(type(v) is float for v in loads(text))
+
+
+def test_nesting_is_limited_to_max_depth_levels_below_the_top_value():
+    assert coerce_json([nested(MAX_DEPTH)], "args") == [nested(MAX_DEPTH)]
+    assert loads(dumps(coerce_json({"a": nested(MAX_DEPTH)}, "kwargs")))
+    with pytest.raises(PayloadError, match=f"nested more than {MAX_DEPTH} levels") as info:
+        coerce_json([nested(MAX_DEPTH + 1)], "args")
+    assert str(info.value).startswith("args" + "[0]" * (MAX_DEPTH + 1) + " ")
+    with pytest.raises(PayloadError, match="nested more than"):  # not RecursionError
+        coerce_json({"a": {"b": nested(5000)}}, "kwargs")
+
+
+def test_str_subclass_keys_become_plain_strings():
+    class Key(enum.StrEnum):
+        A = "a"
+
+    value = coerce_json({Key.A: 1}, "kwargs")
+    assert type(next(iter(value))) is str
+    assert dumps(value) == '{"a":1}'
+
+
+def test_continuation_paths_name_the_role():
+    spec = ContinuationSpec(task_name="t.x", queue="q", args=[float("nan")])
+    with pytest.raises(PayloadError, match=re.escape("on_error.args[0] is nan")):
+        TaskPayload(on_error=spec).to_json()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("a\x00", "NUL"), ("\udc00x", "surrogate"), (5, "must be a string, got int")],
+)
+def test_check_text_refuses_what_postgres_text_cannot_hold(value, fragment):
+    with pytest.raises(PayloadError, match=fragment) as info:
+        check_text("tenant_key", value)
+    assert str(info.value).startswith("tenant_key")
+    assert check_text("tenant_key", "ok é 😀") == "ok é 😀"
