@@ -2,6 +2,11 @@
 
 Because the INSERT runs on Django's connection, a job commits or rolls back with the caller's
 ``transaction.atomic()``: no phantom job for a rolled-back write, no lost job for a committed one.
+
+Every entry point (``enqueue``, ``Task.enqueue``, ``enqueue_many`` with ``job``/``Task.job``
+specs, ``bulk_params`` for the worker's continuations) goes through ``_validate``: input the
+database would refuse or change is a ``ValueError`` (``PayloadError`` for values) before any
+SQL runs, so a refusal never aborts the caller's transaction.
 """
 
 from __future__ import annotations
@@ -22,8 +27,22 @@ from django.db import connections, transaction
 from pg_queue import sql
 from pg_queue.celery_compat import celery_max_attempts
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
-from pg_queue.payload import ContinuationSpec, TaskPayload, coerce_json, dumps
-from pg_queue.registry import EnqueueOptions, Task, celery_task, native_task
+from pg_queue.payload import (
+    ContinuationSpec,
+    TaskPayload,
+    check_text,
+    coerce_json,
+    dumps_payload,
+    validate_delay,
+)
+from pg_queue.registry import (
+    EnqueueOptions,
+    Task,
+    celery_task,
+    check_max_attempts,
+    check_queue_name,
+    native_task,
+)
 from pg_queue.results import TaskHandle, TaskOutcome, armed_wait
 
 logger = logging.getLogger("pg_queue.producer")
@@ -109,6 +128,33 @@ def _check_length(label: str, value: str, limit: int) -> None:
         raise ValueError(f"{label} is {len(value)} characters long; the limit is {limit}")
 
 
+def _check_key(label: str, value: object, limit: int) -> None:
+    """A text column: a string PostgreSQL can store, within the column's width."""
+    _check_length(label, check_text(label, value), limit)
+
+
+def _check_eta(eta: object) -> None:
+    if not isinstance(eta, dt.datetime):
+        raise ValueError(f"eta must be a timezone-aware datetime, got {type(eta).__name__} {eta!r}")
+    if eta.utcoffset() is None:
+        raise ValueError("eta must be timezone-aware (naive datetimes are ambiguous)")
+    try:
+        eta.astimezone(dt.UTC)
+    except OverflowError:  # e.g. 9999-12-31 23:00-05:00 is in year 10000 in UTC
+        raise ValueError(
+            f"eta {eta.isoformat()} falls outside years 1..9999 in UTC, which a due time "
+            "cannot represent"
+        ) from None
+
+
+def _check_continuation(role: str, spec: object) -> None:
+    """Names the worker will enqueue after the job: refused now, not logged then."""
+    if not isinstance(spec, ContinuationSpec):
+        raise ValueError(f"{role} must be a ContinuationSpec or None, got {type(spec).__name__}")
+    _check_key(f"{role} task name", spec.task_name, TASK_NAME_MAX)
+    _check_length(f"{role} queue", check_queue_name(spec.queue, f"{role} queue"), QUEUE_NAME_MAX)
+
+
 @dataclass(frozen=True, slots=True)
 class _Resolved:
     """Options of one (task name, options) pair after defaults and checks."""
@@ -134,6 +180,7 @@ def _resolve(task_name: Any, opts: EnqueueOptions) -> _Resolved:
     """Apply task defaults and check every option; errors name the problem."""
     if not isinstance(task_name, str) or not task_name:
         raise ValueError(f"task name must be a non-empty string, got {task_name!r}")
+    _check_key("task name", task_name, TASK_NAME_MAX)
     conf = queue_settings()
     known = native_task(task_name)
     queue = opts.queue or (known.queue if known else conf.default_queue)
@@ -145,25 +192,22 @@ def _resolve(task_name: Any, opts: EnqueueOptions) -> _Resolved:
         raise ValueError(f"priority must be an int, got {type(priority).__name__} {priority!r}")
     if not -32768 <= priority <= 32767:
         raise ValueError(f"priority must fit a smallint (-32768..32767), got {priority}")
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-    delay = float(opts.delay or 0.0)
-    if not 0 <= delay < float("inf"):  # also refuses NaN, which the database cannot add
-        raise ValueError(f"delay must be a finite number >= 0 seconds, got {delay}")
-    _check_length("queue", queue, QUEUE_NAME_MAX)
-    _check_length("task name", task_name, TASK_NAME_MAX)
-    _check_length("tenant_key", opts.tenant_key or "", TENANT_KEY_MAX)
+    check_max_attempts(max_attempts)
+    delay = 0.0 if opts.delay is None else validate_delay(opts.delay, "delay")
+    _check_length("queue", check_queue_name(queue), QUEUE_NAME_MAX)
+    tenant_key = opts.tenant_key or ""
+    _check_key("tenant_key", tenant_key, TENANT_KEY_MAX)
     for label, key in (("dedup_key", opts.dedup_key), ("resource_key", opts.resource_key)):
         if key is not None:
             if not isinstance(key, str) or not key:
                 raise ValueError(f"{label} must be a non-empty string or None, got {key!r}")
-            _check_length(label, key, KEY_MAX)
-    if opts.eta is not None and opts.delay is not None:
-        raise ValueError("give delay or eta, not both")
-    if opts.eta is not None and opts.eta.tzinfo is None:
-        raise ValueError("eta must be timezone-aware (naive datetimes are ambiguous)")
+            _check_key(label, key, KEY_MAX)
+    if opts.eta is not None:
+        if opts.delay is not None:
+            raise ValueError("give delay or eta, not both")
+        _check_eta(opts.eta)
     resource = "\\N" if opts.resource_key is None else _copy_field(opts.resource_key)
-    tenant = _copy_field(opts.tenant_key or "")
+    tenant = _copy_field(tenant_key)
     return _Resolved(
         queue,
         priority,
@@ -197,17 +241,13 @@ def _validate(
     else:
         # Hashing an EnqueueOptions costs ~0.5 µs; the common "no options" case skips it.
         key = spec.task_name if opts is _NO_OPTIONS else (spec.task_name, opts)
-        found = cache.get(key)
+        try:
+            found = cache.get(key)
+        except TypeError:  # an unhashable name or option: _resolve says which is wrong
+            found = _resolve(spec.task_name, opts)
         resolved = cache[key] = found if found is not None else _resolve(spec.task_name, opts)
     if spec.headers or spec.on_success or spec.on_error or spec.reply_key:
-        payload = TaskPayload(
-            args=list(spec.args),
-            kwargs=dict(spec.kwargs),
-            headers=dict(spec.headers),
-            on_success=spec.on_success,
-            on_error=spec.on_error,
-            reply_key=spec.reply_key,
-        ).to_json()
+        payload = _full_payload(spec)
     else:  # the common case, without building a TaskPayload
         payload = {
             "args": coerce_json(args, "args"),
@@ -223,7 +263,7 @@ def _validate(
         task_id,
         resolved.queue,
         spec.task_name,
-        dumps(payload),
+        dumps_payload(payload),
         resolved.priority,
         resolved.delay,
         opts.eta,
@@ -233,6 +273,26 @@ def _validate(
         opts.dedup_key,
         resolved,
     )
+
+
+def _full_payload(spec: JobSpec) -> dict[str, Any]:
+    """The payload object of a spec with headers, continuations or a reply key."""
+    if not isinstance(spec.headers, Mapping):
+        raise ValueError(f"headers must be a dict, got {type(spec.headers).__name__}")
+    if spec.on_success is not None:
+        _check_continuation("on_success", spec.on_success)
+    if spec.on_error is not None:
+        _check_continuation("on_error", spec.on_error)
+    if spec.reply_key:
+        check_text("reply_key", spec.reply_key)
+    return TaskPayload(
+        args=list(spec.args),
+        kwargs=dict(spec.kwargs),
+        headers=dict(spec.headers),
+        on_success=spec.on_success,
+        on_error=spec.on_error,
+        reply_key=spec.reply_key,
+    ).to_json()
 
 
 def _default_max_attempts(task_name: str, known: Task | None) -> int:
@@ -292,23 +352,22 @@ def enqueue(
 ) -> TaskHandle:
     """Queue ``task_name(*args, **kwargs)`` by name; it need not be importable here.
 
-    ``task_id`` (like Celery's) names the job; it must be unique. Default: a fresh UUIDv7.
+    ``task_id`` (like Celery's) names the job; it must be unique. Default: a fresh UUIDv7. Any
+    refusal (``ValueError``) happens before the job is written.
     """
-    spec = JobSpec(
-        task_name=task_name,
-        args=list(args) if isinstance(args, list | tuple) else args,
-        kwargs={} if kwargs is None else kwargs,
-        options=EnqueueOptions(
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            eta=eta,
-            dedup_key=dedup_key,
-            max_attempts=max_attempts,
-            tenant_key=tenant_key,
-            resource_key=resource_key,
-        ),
-        headers=headers or {},
+    spec = job(
+        task_name,
+        args,
+        kwargs,
+        queue=queue,
+        priority=priority,
+        delay=delay,
+        eta=eta,
+        dedup_key=dedup_key,
+        max_attempts=max_attempts,
+        tenant_key=tenant_key,
+        resource_key=resource_key,
+        headers=headers,
         on_success=on_success,
         on_error=on_error,
         reply_key=reply_key,
@@ -333,8 +392,9 @@ def call(
     query. ``options`` are those of ``enqueue``.
     """
     task_id = new_task_id()
+    spec = job(task_name, args, kwargs, task_id=task_id, **options)
     with armed_wait(task_id, using) as armed:
-        handle = enqueue(task_name, args, kwargs, task_id=task_id, using=using, **options)
+        handle = enqueue_job(spec, using=using)
         if handle.task_id != task_id:  # a live duplicate (dedup_key) answers instead
             return handle.wait(timeout)
         return armed.wait(timeout)
@@ -344,21 +404,59 @@ def job(
     task_name: str,
     args: list[Any] | tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
-    **options: Any,
+    *,
+    queue: str | None = None,
+    priority: int | None = None,
+    delay: float | None = None,
+    eta: dt.datetime | None = None,
+    dedup_key: str | None = None,
+    max_attempts: int | None = None,
+    tenant_key: str = "",
+    resource_key: str | None = None,
+    headers: dict[str, Any] | None = None,
+    on_success: ContinuationSpec | None = None,
+    on_error: ContinuationSpec | None = None,
+    reply_key: str = "",
+    task_id: uuid.UUID | None = None,
 ) -> JobSpec:
-    """A ``JobSpec`` for ``enqueue_many`` by task name; options as for ``enqueue``."""
+    """A ``JobSpec`` for ``enqueue_many`` by task name; options as for ``enqueue``.
+
+    Nothing is checked here: ``enqueue_many`` refuses a bad spec exactly as ``enqueue`` would.
+    """
+    if (
+        queue is None
+        and priority is None
+        and delay is None
+        and eta is None
+        and dedup_key is None
+        and max_attempts is None
+        and tenant_key == ""
+        and resource_key is None
+    ):
+        options = _NO_OPTIONS  # shared: a batch checks it once
+    else:
+        options = EnqueueOptions(
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            eta=eta,
+            dedup_key=dedup_key,
+            max_attempts=max_attempts,
+            tenant_key=tenant_key,
+            resource_key=resource_key,
+        )
     return JobSpec(
-        task_name=task_name,
-        args=list(args),
-        kwargs={} if kwargs is None else kwargs,
-        options=_options(options),
+        task_name,
+        # A copy, as enqueue makes; anything but a list or tuple is refused by enqueue_many.
+        list(args) if type(args) is list or isinstance(args, tuple) else args,
+        {} if kwargs is None else kwargs,
+        options,
+        _EMPTY if headers is None else headers,
+        on_success,
+        on_error,
+        reply_key,
+        task_id,
     )
-
-
-def _options(options: dict[str, Any]) -> EnqueueOptions:
-    """``EnqueueOptions`` from keyword options; options left at None share one instance."""
-    given = {name: value for name, value in options.items() if value is not None}
-    return EnqueueOptions(**given) if given else _NO_OPTIONS
 
 
 def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[TaskHandle]:

@@ -17,6 +17,7 @@ from django.utils.module_loading import import_string
 
 from pg_queue.conf import queue_settings
 from pg_queue.exceptions import ConfigurationError, TaskNotFound
+from pg_queue.payload import check_text
 
 if TYPE_CHECKING:
     from pg_queue.producer import JobSpec
@@ -24,6 +25,36 @@ if TYPE_CHECKING:
 
 BackoffFn = Callable[[int], float]
 """A custom backoff: attempt number (1 = the first run failed) -> seconds before the next."""
+
+#: Characters ``run_pg_worker --queues 'default=3,email=1'`` reads as syntax: a queue whose name
+#: holds one could be enqueued to but never named to a worker.
+QUEUE_NAME_SEPARATORS = ",="
+#: ``max_attempts`` is stored in an int column.
+MAX_ATTEMPTS_LIMIT = 2**31 - 1
+
+
+def check_queue_name(queue: object, label: str = "queue") -> str:
+    """``queue`` if jobs put there can be stored and served, else ``ValueError`` naming
+    ``label``: a non-empty string without NUL, surrogates, ``,`` or ``=``."""
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"{label} must be a non-empty string, got {queue!r}")
+    check_text(label, queue)
+    for char in QUEUE_NAME_SEPARATORS:
+        if char in queue:
+            raise ValueError(
+                f"{label} {queue!r} contains {char!r}, which run_pg_worker --queues reads as a "
+                "separator: no worker could be pointed at this queue"
+            )
+    return queue
+
+
+def check_max_attempts(value: object) -> int:
+    """``value`` if it is a valid ``max_attempts`` (an int, not a bool, in 1..2**31-1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"max_attempts must be an int, got {type(value).__name__} {value!r}")
+    if not 1 <= value <= MAX_ATTEMPTS_LIMIT:
+        raise ValueError(f"max_attempts must be >= 1 and <= {MAX_ATTEMPTS_LIMIT}, got {value}")
+    return value
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,7 +102,13 @@ class Task:
         tenant_key: str | None = None,
         resource_key: str | None = None,
     ) -> Task:
-        """A copy of this task whose next enqueues use these options."""
+        """A copy of this task whose next enqueues use these options.
+
+        A queue name no worker could serve is refused here; every other option is checked by
+        the enqueue that uses it.
+        """
+        if queue:
+            check_queue_name(queue)
         given: dict[str, Any] = {
             "queue": queue,
             "priority": priority,
@@ -141,8 +178,13 @@ def task(
 
     def register(fn: Callable[..., Any]) -> Task:
         conf = queue_settings()
-        if max_attempts is not None and max_attempts < 1:
-            raise ConfigurationError(f"task {fn.__qualname__}: max_attempts must be >= 1")
+        try:
+            if max_attempts is not None:
+                check_max_attempts(max_attempts)
+            if queue:
+                check_queue_name(queue)
+        except ValueError as exc:
+            raise ConfigurationError(f"task {fn.__qualname__}: {exc}") from None
         t = Task(
             func=fn,
             name=name or f"{fn.__module__}.{fn.__qualname__}",
