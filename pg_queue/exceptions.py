@@ -10,6 +10,14 @@ class PayloadError(PgQueueError, ValueError):
     path (``kwargs['when']``) or the option (``queue``, ``tenant_key``)."""
 
 
+class DuplicateTaskId(PgQueueError, ValueError):
+    """A task id given to enqueue already names a live job or a stored result.
+
+    Raised before anything is written (the caller's transaction stays usable): re-using the id
+    would make ``wait()`` answer with the earlier job's outcome.
+    """
+
+
 class TaskNotFound(PgQueueError, LookupError):
     """No task is registered under that name (natively or in the configured Celery app)."""
 

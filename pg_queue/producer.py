@@ -6,7 +6,8 @@ Because the INSERT runs on Django's connection, a job commits or rolls back with
 Every entry point (``enqueue``, ``Task.enqueue``, ``enqueue_many`` with ``job``/``Task.job``
 specs, ``bulk_params`` for the worker's continuations) goes through ``_validate``: input the
 database would refuse or change is a ``ValueError`` (``PayloadError`` for values) before any
-SQL runs, so a refusal never aborts the caller's transaction.
+SQL runs, so a refusal never aborts the caller's transaction. A task id given by the caller
+that already names a live job or a stored result is ``DuplicateTaskId``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 
 from pg_queue import sql
 from pg_queue.celery_compat import celery_max_attempts
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.exceptions import DuplicateTaskId
 from pg_queue.payload import (
     ContinuationSpec,
     TaskPayload,
@@ -75,8 +77,8 @@ class JobSpec(NamedTuple):
     on_success: ContinuationSpec | None = None
     on_error: ContinuationSpec | None = None
     reply_key: str = ""
-    #: None: a fresh time-ordered id. Give one only if it is unique (a duplicate is an
-    #: IntegrityError, which aborts the caller's transaction).
+    #: None: a fresh time-ordered id. A given id that already names a live job or a stored
+    #: result is refused with ``DuplicateTaskId``.
     task_id: uuid.UUID | None = None
 
 
@@ -324,10 +326,31 @@ def _row_params(row: _Row) -> dict[str, Any]:
 
 
 def enqueue_job(spec: JobSpec, *, using: str = "default") -> TaskHandle:
-    """Insert one job in the caller's transaction; a live duplicate ``dedup_key`` wins."""
+    """Insert one job in the caller's transaction; a live duplicate ``dedup_key`` wins.
+
+    A ``spec.task_id`` already naming a live job or a stored result is ``DuplicateTaskId``
+    (one more query, only when an id is given).
+    """
+    return _enqueue_spec(spec, using, check_task_id=spec.task_id is not None)
+
+
+def _enqueue_spec(spec: JobSpec, using: str, *, check_task_id: bool) -> TaskHandle:
+    """``enqueue_job``; ``check_task_id=False`` for an id we generated (``call``)."""
     row = _validate(spec)
     with connections[using].cursor() as cursor:
-        return _insert_row(cursor, row, using, notify=True)
+        if not check_task_id:
+            return _insert_row(cursor, row, using, notify=True)
+        _refuse_taken_task_ids(cursor, [row.task_id])
+        try:
+            if connections[using].in_atomic_block:  # a racing duplicate must not abort it
+                with transaction.atomic(using=using):
+                    return _insert_row(cursor, row, using, notify=True)
+            return _insert_row(cursor, row, using, notify=True)
+        except IntegrityError as exc:
+            duplicate = _duplicate_from(exc)
+            if duplicate is None:
+                raise
+            raise duplicate from None
 
 
 def enqueue(
@@ -352,8 +375,9 @@ def enqueue(
 ) -> TaskHandle:
     """Queue ``task_name(*args, **kwargs)`` by name; it need not be importable here.
 
-    ``task_id`` (like Celery's) names the job; it must be unique. Default: a fresh UUIDv7. Any
-    refusal (``ValueError``) happens before the job is written.
+    ``task_id`` (like Celery's) names the job: one already naming a live job or a stored
+    result is ``DuplicateTaskId``, and the caller's transaction stays usable. Default: a fresh
+    UUIDv7. Any refusal (``ValueError``) happens before the job is written.
     """
     spec = job(
         task_name,
@@ -394,7 +418,8 @@ def call(
     task_id = new_task_id()
     spec = job(task_name, args, kwargs, task_id=task_id, **options)
     with armed_wait(task_id, using) as armed:
-        handle = enqueue_job(spec, using=using)
+        # The id is fresh: no query to check it is unused (latency is counted per query).
+        handle = _enqueue_spec(spec, using, check_task_id=False)
         if handle.task_id != task_id:  # a live duplicate (dedup_key) answers instead
             return handle.wait(timeout)
         return armed.wait(timeout)
@@ -463,23 +488,34 @@ def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[Ta
     """Insert many jobs in as few statements as possible, all or nothing.
 
     Immediate jobs stream into one COPY while later specs are still being validated, so the
-    database inserts rows on its own core while Python builds the next ones; delayed jobs follow
-    by one multi-row INSERT per chunk, and jobs with a dedup key one by one (a live duplicate
-    wins). The call runs in its own transaction, or a savepoint inside the caller's
-    ``atomic()``: one bad spec raises ``ValueError`` naming the problem, the COPY is abandoned,
-    nothing of the call is left behind and the caller's transaction stays usable.
+    database inserts rows on its own core while Python builds the next ones; delayed jobs and
+    jobs with a given task id follow by one multi-row INSERT per chunk, and jobs with a dedup
+    key one by one (a live duplicate wins). Given task ids are checked by one query before
+    those INSERTs (``DuplicateTaskId``, also for an id given twice in the batch). The call
+    runs in its own transaction, or a savepoint inside the caller's ``atomic()``: one bad spec
+    raises ``ValueError`` naming the problem, the COPY is abandoned, nothing of the call is
+    left behind and the caller's transaction stays usable.
     """
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        handles, later, queues = _copy_rows(cursor, specs, using)
-        delayed = [r for r in later if r.dedup_key is None]
-        for start in range(0, len(delayed), BULK_CHUNK):
-            _insert_many(cursor, delayed[start : start + BULK_CHUNK])
-        deduped = {
-            r.task_id: _insert_row(cursor, r, using, notify=True) for r in later if r.dedup_key
-        }
-        if queue_settings().notify:
-            for queue in sorted(queues):
-                cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})
+    try:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            handles, later, queues, given = _copy_rows(cursor, specs, using)
+            if given:
+                _refuse_taken_task_ids(cursor, list(given))
+            rest = [r for r in later if r.dedup_key is None]
+            for start in range(0, len(rest), BULK_CHUNK):
+                _insert_many(cursor, rest[start : start + BULK_CHUNK])
+            queues.update(r.queue for r in rest if not r.delay and r.eta is None)
+            deduped = {
+                r.task_id: _insert_row(cursor, r, using, notify=True) for r in later if r.dedup_key
+            }
+            if queue_settings().notify:
+                for queue in sorted(queues):
+                    cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})
+    except IntegrityError as exc:  # a given id inserted by a concurrent transaction
+        duplicate = _duplicate_from(exc)
+        if duplicate is None:
+            raise
+        raise duplicate from None
     if deduped:  # a live duplicate's handle replaces ours
         return [deduped.get(h.task_id, h) for h in handles]
     return handles
@@ -487,26 +523,38 @@ def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[Ta
 
 def _copy_rows(
     cursor: Any, specs: Iterable[JobSpec], using: str
-) -> tuple[list[TaskHandle], list[_Row], set[str]]:
+) -> tuple[list[TaskHandle], list[_Row], set[str], set[uuid.UUID]]:
     """Validate ``specs`` and COPY the immediate ones as they come.
 
-    Returns a handle per spec (in order), the rows left for INSERT (delayed or with a dedup
-    key) and the queues the COPY filled. The COPY opens with the first immediate row. Lines
-    are formatted here (each batch's fixed columns once, in ``_Resolved``) and sent in blocks:
-    per-value adaptation by ``write_row`` was a third of the Python time per job. The
-    database's defaults stamp enqueued_at/available_at. An exception while building rows leaves
-    the ``with`` block, which makes psycopg abort the COPY (nothing of it is kept) and re-raise.
+    Returns a handle per spec (in order), the rows left for INSERT (delayed, with a dedup key,
+    or with a task id the caller gave: the COPY never holds a row that could collide), the
+    queues the COPY filled and the given task ids. The COPY opens with the first immediate
+    row. Lines are formatted here (each batch's fixed columns once, in ``_Resolved``) and sent
+    in blocks: per-value adaptation by ``write_row`` was a third of the Python time per job.
+    The database's defaults stamp enqueued_at/available_at. An exception while building rows
+    leaves the ``with`` block, which makes psycopg abort the COPY (nothing of it is kept) and
+    re-raise.
     """
     cache: dict[str | tuple[str, EnqueueOptions], _Resolved] = {}
     handles: list[TaskHandle] = []
     later: list[_Row] = []
     queues: set[str] = set()
     lines: list[str] = []
+    given: set[uuid.UUID] = set()
     with ExitStack() as stack:
         copy = None
         for spec in specs:
             row = _validate(spec, cache)
             handles.append(TaskHandle(row.task_id, row.task_name, row.queue, using))
+            if spec.task_id is not None:
+                if row.task_id in given:
+                    raise DuplicateTaskId(
+                        f"task_id {row.task_id} is given to two jobs of this enqueue_many "
+                        "call; a task id names one job"
+                    )
+                given.add(row.task_id)
+                later.append(row)
+                continue
             if row.dedup_key is not None or row.delay or row.eta is not None:
                 later.append(row)
                 continue
@@ -524,7 +572,46 @@ def _copy_rows(
         if lines:
             assert copy is not None
             copy.write("".join(lines))
-    return handles, later, queues
+    return handles, later, queues, given
+
+
+#: Which of the given task ids already name a stored result or a live job (one round trip).
+#: Only run for ids a caller gave: a fresh UUIDv7 cannot collide.
+TASK_IDS_TAKEN = """
+SELECT task_id, 'a stored result (' || status || ')' FROM pg_task_result
+WHERE task_id = ANY(%(ids)s::uuid[])
+UNION ALL
+SELECT task_id, 'a live job (' || state || ')' FROM pg_queue_message
+WHERE task_id = ANY(%(ids)s::uuid[])
+"""
+
+
+def _refuse_taken_task_ids(cursor: Any, ids: list[uuid.UUID]) -> None:
+    """``DuplicateTaskId`` if any of ``ids`` names a live job or a stored result.
+
+    Re-using such an id would leave ``wait()`` answering with the earlier outcome, or fail the
+    INSERT with an IntegrityError that aborts the caller's transaction.
+    """
+    cursor.execute(TASK_IDS_TAKEN, {"ids": ids})
+    taken = cursor.fetchall()
+    if taken:
+        listed = "; ".join(f"{task_id} by {what}" for task_id, what in taken[:5])
+        more = f" (and {len(taken) - 5} more)" if len(taken) > 5 else ""
+        raise DuplicateTaskId(
+            f"task_id already in use: {listed}{more}. A task id names one job: give a new one, "
+            "or none for a fresh id"
+        )
+
+
+def _duplicate_from(exc: IntegrityError) -> DuplicateTaskId | None:
+    """``DuplicateTaskId`` for a unique violation on ``task_id``, else None."""
+    diag = getattr(exc.__cause__, "diag", None)
+    if "task_id" not in (getattr(diag, "constraint_name", None) or ""):
+        return None
+    detail = getattr(diag, "message_detail", None) or str(exc)
+    return DuplicateTaskId(
+        f"task_id already in use by a job another transaction enqueued: {detail}"
+    )
 
 
 def _insert_row(cursor: Any, row: _Row, using: str, *, notify: bool) -> TaskHandle:
