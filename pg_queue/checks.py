@@ -149,8 +149,12 @@ def _check_timing(conf: QueueSettings) -> list[CheckMessage]:
 def _check_worker_limits(conf: QueueSettings) -> list[CheckMessage]:
     """The worker's own bounds: sweeps, timeouts, result size, health thresholds."""
     messages: list[CheckMessage] = []
-    positive = ("result_sweep_interval", "result_max_bytes", "unwritten_outcome_max_age")
-    positive += ("unhealthy_restart_after",)
+    positive = (
+        "result_sweep_interval",
+        "result_max_bytes",
+        "unwritten_outcome_max_age",
+        "unhealthy_restart_after",
+    )
     for name in positive:
         if getattr(conf, name) <= 0:
             messages.append(Error(f"PG_QUEUE['{name.upper()}'] must be > 0", id="pg_queue.E014"))

@@ -165,9 +165,21 @@ WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claim
 RETURNING m.msg_id
 """
 
+#: The ``woken`` step of every statement that writes failed or cancelled outcomes from a CTE
+#: named ``outcomes`` (RETURNING task_id): one NOTIFY per statement on the result channel,
+#: delivered at commit, with the ids comma-separated, or '*' (everyone re-checks) past 200
+#: ids, since NOTIFY payloads must stay under 8000 bytes.
+_WAKE_WAITERS = """
+    SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
+                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')
+                ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
+    FROM outcomes
+"""
+
 #: Move jobs that will not run again to the dead-letter table and record a failed outcome, in
 #: one statement. Gated on the lease; returns the msg_ids actually moved.
-MESSAGE_BURY = """
+MESSAGE_BURY = (
+    """
 WITH gone AS (
     DELETE FROM pg_queue_message AS m
     USING unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
@@ -197,18 +209,17 @@ WITH gone AS (
     FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
-), woken AS (
-    SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
-                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')  -- NOTIFY payload < 8000 B
-                ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
-    FROM outcomes
-)
+), woken AS ("""
+    + _WAKE_WAITERS
+    + """)
 SELECT msg_id FROM gone, woken
 """
+)
 
 #: Finish jobs an operator cancelled while they were claimed: delete the row (lease-gated) and
 #: record a 'cancelled' outcome. No dead letter: nothing failed.
-MESSAGE_CANCEL = """
+MESSAGE_CANCEL = (
+    """
 WITH gone AS (
     DELETE FROM pg_queue_message AS m
     USING unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
@@ -226,14 +237,12 @@ WITH gone AS (
     FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
-), woken AS (
-    SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
-                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')  -- NOTIFY payload < 8000 B
-                ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
-    FROM outcomes
-)
+), woken AS ("""
+    + _WAKE_WAITERS
+    + """)
 SELECT msg_id FROM gone, woken
 """
+)
 
 # --- leases ----------------------------------------------------------------------------------
 
@@ -297,7 +306,8 @@ RETURNING m.msg_id, m.task_id, m.queue_name
 #: callers waiting on them are woken like for any other outcome. Payloads come back as text:
 #: the caller decodes each one inside its own guard (one undecodable payload must not fail the
 #: sweep for every row, on every worker, forever).
-MESSAGE_REARM_EXHAUSTED = """
+MESSAGE_REARM_EXHAUSTED = (
+    """
 WITH expired AS (
     SELECT msg_id FROM pg_queue_message
     WHERE state = 'claimed' AND vt < now() AND attempts >= max_attempts
@@ -330,16 +340,14 @@ WITH expired AS (
     FROM gone AS g
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
-), woken AS (
-    SELECT CASE WHEN NOT %(notify)s OR count(*) = 0 THEN NULL
-                WHEN count(*) > 200 THEN pg_notify(%(channel)s, '*')  -- NOTIFY payload < 8000 B
-                ELSE pg_notify(%(channel)s, string_agg(task_id::text, ',')) END AS n
-    FROM outcomes
-)
+), woken AS ("""
+    + _WAKE_WAITERS
+    + """)
 SELECT g.task_id, g.task_name, g.queue_name, g.payload::text,
        'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing'
 FROM gone AS g, woken
 """
+)
 
 # --- workers ---------------------------------------------------------------------------------
 

@@ -36,9 +36,9 @@ from pg_queue.conf import QueueSettings
 from pg_queue.models import DeadLetterReason
 from pg_queue.outcomes import Bury, Cancelled, Outcome, RetryLater, Success, storable_text
 from pg_queue.producer import JobSpec
-from pg_queue.signals import job_failed
 from pg_queue.worker.continuations import enqueue_continuations, error_spec, success_spec
 from pg_queue.worker.events import Events
+from pg_queue.worker.finish_log import FinishLog
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.service import Service
 from pg_queue.worker.stats import WorkerStats
@@ -57,7 +57,6 @@ DEFER_MIN, DEFER_MAX = 0.5, 30.0
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
 
 _KINDS = (Success, RetryLater, Bury, Cancelled)
-_WHAT = {Success: "ack", RetryLater: "retry", Bury: "dead-letter", Cancelled: "cancel"}
 
 
 class ConnectionLost(Exception):
@@ -113,6 +112,7 @@ class Finisher(Service):
         self.stats = stats
         self.events = events
         self.on_written = on_written
+        self.log = FinishLog(stats, events)
         self.notify_results = conf.notify
         self.halting = threading.Event()  # give up on unwritten finishes (hard stop)
         self._inbox: deque[tuple[float, Outcome]] = deque()
@@ -226,12 +226,7 @@ class Finisher(Service):
             lost = self.inflight.take_lost([o.msg.msg_id for o in outcomes])
             for o in outcomes:
                 if o.msg.msg_id in lost:
-                    logger.info(
-                        "finish discarded, its lease was lost earlier task_id=%s task=%s queue=%s",
-                        o.msg.task_id,
-                        o.msg.task_name,
-                        o.msg.queue_name,
-                    )
+                    self.log.discarded(o)
             if lost:
                 outcomes = [o for o in outcomes if o.msg.msg_id not in lost]
                 self._batch = [(t, o) for t, o in self._batch if o.msg.msg_id not in lost]
@@ -281,7 +276,9 @@ class Finisher(Service):
             raise _StatementFailed(exc) from exc
         except (UnicodeError, ValueError, TypeError, OverflowError) as exc:
             raise _StatementFailed(exc) from exc  # a value psycopg could not even send
-        self._account(items, written)
+        self.log.written(items, written)
+        if written and not self._deferred:
+            self._defer_backoff = DEFER_MIN
 
     def _execute(self, conn: psycopg.Connection[Any], items: list[Any]) -> set[int]:
         ttl = float(self.conf.result_ttl_seconds)
@@ -315,15 +312,7 @@ class Finisher(Service):
     def _defer(self, outcome: Outcome, failure: _StatementFailed) -> None:
         self._deferred.append((time.monotonic(), outcome))
         self._deferred_due = time.monotonic() + self._defer_backoff
-        logger.warning(
-            "finish deferred after a transient error task_id=%s task=%s queue=%s retry_in=%.1fs "
-            "error=%s",
-            outcome.msg.task_id,
-            outcome.msg.task_name,
-            outcome.msg.queue_name,
-            self._defer_backoff,
-            failure.describe(),
-        )
+        self.log.deferred(outcome, self._defer_backoff, failure.describe())
         self._defer_backoff = min(self._defer_backoff * 2, DEFER_MAX)
 
     def _bury_unstorable(
@@ -336,14 +325,7 @@ class Finisher(Service):
         )
         problem = failure.describe()
         if isinstance(outcome, Bury) and outcome.reason == DeadLetterReason.UNSTORABLE:
-            logger.error(
-                "finish given up: the database refused even its dead letter task_id=%s task=%s "
-                "queue=%s error=%s; its lease expires and re-arm hands the job out again",
-                outcome.msg.task_id,
-                outcome.msg.task_name,
-                outcome.msg.queue_name,
-                problem,
-            )
+            self.log.given_up(outcome, problem)
             return
         msg = outcome.msg
         replacement = Bury(
@@ -354,91 +336,8 @@ class Finisher(Service):
             getattr(outcome, "started_at", None),
             getattr(outcome, "on_error", None),
         )
-        self.stats.unstorable += 1
-        metrics.UNSTORABLE.labels(msg.queue_name).inc()
+        self.log.unstorable(outcome)
         self._write_kind(conn, [replacement])
-
-    # --- bookkeeping after a write ------------------------------------------------------------
-
-    def _account(self, items: list[Any], written: set[int]) -> None:
-        kind = type(items[0])
-        queue_counts: dict[str, int] = {}
-        for item in items:
-            if item.msg.msg_id in written:
-                queue_counts[item.msg.queue_name] = queue_counts.get(item.msg.queue_name, 0) + 1
-            else:
-                self._lost(item, _WHAT[kind])
-        if self._deferred == [] and written:
-            self._defer_backoff = DEFER_MIN
-        total = sum(queue_counts.values())
-        if kind is Success:
-            self.stats.succeeded += total
-            _count(metrics.SUCCEEDED, queue_counts)
-        elif kind is RetryLater:
-            self.stats.retried += total
-            _count(metrics.RETRIED, queue_counts)
-            _count(metrics.FAILED, queue_counts)
-            for r in items:
-                if r.msg.msg_id in written:
-                    logger.warning(
-                        "job failed, retrying task_id=%s task=%s queue=%s attempt=%d/%d "
-                        "delay=%.2fs error=%s",
-                        r.msg.task_id,
-                        r.msg.task_name,
-                        r.msg.queue_name,
-                        r.msg.attempts,
-                        r.msg.max_attempts,
-                        r.delay,
-                        r.error,
-                    )
-        elif kind is Bury:
-            self.stats.dead_lettered += total
-            _count(metrics.DEAD_LETTERED, queue_counts)
-            _count(metrics.FAILED, queue_counts)
-            for b in items:
-                if b.msg.msg_id in written:
-                    self._buried(b)
-        else:
-            self.stats.cancelled += total
-            for c in items:
-                if c.msg.msg_id in written:
-                    logger.warning(
-                        "job cancelled task_id=%s task=%s queue=%s error=%s",
-                        c.msg.task_id,
-                        c.msg.task_name,
-                        c.msg.queue_name,
-                        c.error,
-                    )
-
-    def _buried(self, b: Bury) -> None:
-        logger.error(
-            "job dead-lettered task_id=%s task=%s queue=%s attempts=%d reason=%s error=%s",
-            b.msg.task_id,
-            b.msg.task_name,
-            b.msg.queue_name,
-            b.msg.attempts,
-            b.reason,
-            b.error,
-        )
-        self.events.emit(
-            job_failed,
-            task_id=b.msg.task_id,
-            task_name=b.msg.task_name,
-            queue_name=b.msg.queue_name,
-            reason=b.reason,
-            error=b.error,
-        )
-
-    def _lost(self, item: Any, what: str) -> None:
-        self.stats.lease_lost += 1
-        metrics.LEASE_LOST.labels(item.msg.queue_name).inc()
-        logger.warning(
-            "%s skipped: lease lost task_id=%s task=%s queue=%s",
-            what,
-            item.msg.task_id,
-            item.msg.task_name,
-            item.msg.queue_name,
-        )
 
 
 def _fires_continuations(items: list[Any]) -> bool:
@@ -447,9 +346,3 @@ def _fires_continuations(items: list[Any]) -> bool:
     if isinstance(items[0], RetryLater):
         return False
     return any(i.on_error is not None for i in items)
-
-
-def _count(counter: Any, per_queue: dict[str, int]) -> None:
-    """Add one batch to a per-queue counter (one inc per queue, not per job)."""
-    for queue_name, count in per_queue.items():
-        counter.labels(queue_name).inc(count)
