@@ -331,11 +331,13 @@ def enqueue_job(spec: JobSpec, *, using: str = "default") -> TaskHandle:
     A ``spec.task_id`` already naming a live job or a stored result is ``DuplicateTaskId``
     (one more query, only when an id is given).
     """
-    return _enqueue_spec(spec, using, check_task_id=spec.task_id is not None)
+    return enqueue_spec(spec, using, check_task_id=spec.task_id is not None)
 
 
-def _enqueue_spec(spec: JobSpec, using: str, *, check_task_id: bool) -> TaskHandle:
-    """``enqueue_job``; ``check_task_id=False`` for an id we generated (``call``)."""
+def enqueue_spec(spec: JobSpec, using: str, *, check_task_id: bool) -> TaskHandle:
+    """``enqueue_job``; ``check_task_id=False`` for an id the caller just generated with
+    ``new_task_id`` (``call``, ``RoutingDispatcher.dispatch``): no query to prove it unused,
+    since request-reply latency is counted per query."""
     row = _validate(spec)
     with connections[using].cursor() as cursor:
         if not check_task_id:
@@ -419,7 +421,7 @@ def call(
     spec = job(task_name, args, kwargs, task_id=task_id, **options)
     with armed_wait(task_id, using) as armed:
         # The id is fresh: no query to check it is unused (latency is counted per query).
-        handle = _enqueue_spec(spec, using, check_task_id=False)
+        handle = enqueue_spec(spec, using, check_task_id=False)
         if handle.task_id != task_id:  # a live duplicate (dedup_key) answers instead
             return handle.wait(timeout)
         return armed.wait(timeout)
@@ -577,22 +579,13 @@ def _copy_rows(
 
 #: Which of the given task ids already name a stored result or a live job (one round trip).
 #: Only run for ids a caller gave: a fresh UUIDv7 cannot collide.
-TASK_IDS_TAKEN = """
-SELECT task_id, 'a stored result (' || status || ')' FROM pg_task_result
-WHERE task_id = ANY(%(ids)s::uuid[])
-UNION ALL
-SELECT task_id, 'a live job (' || state || ')' FROM pg_queue_message
-WHERE task_id = ANY(%(ids)s::uuid[])
-"""
-
-
 def _refuse_taken_task_ids(cursor: Any, ids: list[uuid.UUID]) -> None:
     """``DuplicateTaskId`` if any of ``ids`` names a live job or a stored result.
 
     Re-using such an id would leave ``wait()`` answering with the earlier outcome, or fail the
     INSERT with an IntegrityError that aborts the caller's transaction.
     """
-    cursor.execute(TASK_IDS_TAKEN, {"ids": ids})
+    cursor.execute(sql.TASK_IDS_TAKEN, {"ids": ids})
     taken = cursor.fetchall()
     if taken:
         listed = "; ".join(f"{task_id} by {what}" for task_id, what in taken[:5])

@@ -29,7 +29,7 @@ from pg_queue.conf import queue_settings
 from pg_queue.flags import FlagDecision, use_postgres
 from pg_queue.models import RoutingPin, Transport
 from pg_queue.payload import ContinuationSpec, coerce_json
-from pg_queue.producer import QUEUE_NAME_MAX, TASK_NAME_MAX, enqueue, new_task_id
+from pg_queue.producer import QUEUE_NAME_MAX, TASK_NAME_MAX, enqueue_spec, job, new_task_id
 from pg_queue.results import armed_wait
 
 logger = logging.getLogger("pg_queue.routing")
@@ -97,8 +97,11 @@ def _wait_postgres(
     except Exception as exc:
         logger.exception("wait failed task_id=%s transport=postgres", task_id)
         return DispatchResult.failure(task_id, POSTGRES, f"{type(exc).__name__}: {exc}")
-    if outcome.status == results.SUCCEEDED:
+    if outcome.ok:
         return DispatchResult(ok=True, task_id=task_id, transport=POSTGRES, result=outcome.result)
+    if outcome.status == results.SUCCEEDED:  # but its result could not be decoded
+        logger.error("dispatch result unreadable task_id=%s error=%s", task_id, outcome.error)
+        return DispatchResult.failure(task_id, POSTGRES, outcome.error)
     if outcome.status in (results.FAILED, results.CANCELLED, results.TIMEOUT):
         error = outcome.error or f"task {outcome.status}"
         if outcome.status == results.TIMEOUT:
@@ -238,10 +241,10 @@ class RoutingDispatcher:
         task_id: uuid.UUID | None = None,
     ) -> DispatchHandle:
         if transport == POSTGRES:
-            handle = enqueue(
+            spec = job(
                 task_name,
-                args=args,
-                kwargs=kwargs,
+                args,
+                kwargs,
                 queue=queue,
                 tenant_key=org_id,
                 on_success=signature_to_continuation(on_success, "on_success")
@@ -251,8 +254,9 @@ class RoutingDispatcher:
                 if on_error is not None
                 else None,
                 task_id=task_id,
-                using=self.using,
             )
+            # The id is new_task_id()'s or None (fresh either way): no query to check it.
+            handle = enqueue_spec(spec, self.using, check_task_id=False)
             sent_id = str(handle.task_id)
         else:
             sent = self.celery_app.send_task(

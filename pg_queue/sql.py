@@ -54,6 +54,15 @@ FROM unnest(
        tenant_key, resource_key)
 """
 
+#: Which of the task ids a caller gave are taken, and by what (enqueue refuses to reuse them).
+TASK_IDS_TAKEN = """
+SELECT task_id, 'a stored result (' || status || ')' FROM pg_task_result
+WHERE task_id = ANY(%(ids)s::uuid[])
+UNION ALL
+SELECT task_id, 'a live job (' || state || ')' FROM pg_queue_message
+WHERE task_id = ANY(%(ids)s::uuid[])
+"""
+
 NOTIFY = "SELECT pg_notify(%(channel)s, %(queue)s)"
 
 # --- claim -----------------------------------------------------------------------------------

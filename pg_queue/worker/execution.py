@@ -224,7 +224,7 @@ def _success_outcome(job: Job, value: Any, started_at: dt.datetime) -> Outcome:
     dead-letters the job with the reason, instead of failing the finisher's batch."""
     try:
         value = coerce_json(value, "result")
-        result_json = dumps(value) if _stores_result(job.task) else None
+        result_json = dumps(value, "result") if _stores_result(job.task) else None
     except PayloadError as exc:
         return unstorable(job, "result", str(exc), started_at)
     except RecursionError as exc:

@@ -142,3 +142,20 @@ def test_dispatch_inside_atomic_is_refused_as_a_failed_result(dispatcher, queues
     assert result.ok is False
     assert "inside transaction.atomic()" in result.error
     assert not QueueMessage.objects.exists()
+
+
+def test_a_stored_result_no_decoder_can_return_exactly_is_a_failed_result(dispatcher):
+    """A result row written by other means (an older version, raw SQL) holding an integer past
+    64 bits: the handle reports the failure instead of ok=True with a result of None."""
+    task_id = uuid.uuid4()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pg_task_result (task_id, status, result, error, traceback, task_name, "
+            "queue_name, attempts, finished_at, expires_at) VALUES (%s, 'succeeded', "
+            "'123456789012345678901234567890'::jsonb, '', '', 't', 'q', 1, now(), "
+            "now() + interval '1 hour')",
+            [task_id],
+        )
+    result = DispatchHandle(str(task_id), "postgres", None, "default").wait(timeout=1)
+    assert (result.ok, result.transport) == (False, "postgres")
+    assert "could not be decoded" in result.error, result.error

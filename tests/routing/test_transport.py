@@ -41,6 +41,19 @@ def test_flag_on_runs_the_call_on_the_postgres_worker(dispatcher, queues, pg_wor
     assert result.task_id not in celery_worker.log()
 
 
+def test_dispatch_to_postgres_checks_nothing_for_the_id_it_generates(dispatcher, queues):
+    """Request-reply latency is counted per query: dispatch() passes a fresh id, unchecked."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with flag_on(), CaptureQueriesContext(connection) as captured:
+        result = dispatcher.dispatch(TASK, [6, 7], queue=queues.unserved("pg"), timeout=0.05)
+    assert (result.ok, result.transport) == (False, "postgres")
+    inserts = [q for q in captured.captured_queries if "INSERT INTO pg_queue_message" in q["sql"]]
+    assert len(inserts) == 1
+    assert not [q for q in captured.captured_queries if "ANY(" in q["sql"]], captured
+
+
 def test_flag_off_runs_the_call_on_the_celery_worker(dispatcher, queues, pg_worker, celery_worker):
     with flag_off():
         result = dispatcher.dispatch(TASK, [6, 7], queue=queues.main, timeout=30, org_id="org-1")
