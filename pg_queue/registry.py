@@ -20,7 +20,7 @@ from pg_queue.exceptions import ConfigurationError, TaskNotFound
 from pg_queue.payload import check_text
 
 if TYPE_CHECKING:
-    from pg_queue.producer import JobSpec
+    from pg_queue.jobspec import JobSpec
     from pg_queue.results import TaskHandle
 
 BackoffFn = Callable[[int], float]
@@ -124,7 +124,7 @@ class Task:
 
     def job(self, *args: Any, **kwargs: Any) -> JobSpec:
         """A job description for ``enqueue_many`` (no database access)."""
-        from pg_queue.producer import JobSpec
+        from pg_queue.jobspec import JobSpec
 
         return JobSpec(task_name=self.name, args=list(args), kwargs=kwargs, options=self.options)
 

@@ -18,8 +18,9 @@ import psycopg
 
 from pg_queue import claim, sql
 from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.jobspec import JobSpec
 from pg_queue.payload import ContinuationSpec, loads
-from pg_queue.producer import JobSpec, bulk_params
+from pg_queue.producer import bulk_params
 from pg_queue.registry import EnqueueOptions
 
 logger = logging.getLogger("pg_queue.worker")

@@ -33,9 +33,9 @@ import psycopg
 
 from pg_queue import claim, metrics
 from pg_queue.conf import QueueSettings
+from pg_queue.jobspec import JobSpec
 from pg_queue.models import DeadLetterReason
 from pg_queue.outcomes import Bury, Cancelled, Outcome, RetryLater, Success, storable_text
-from pg_queue.producer import JobSpec
 from pg_queue.worker.continuations import enqueue_continuations, error_spec, success_spec
 from pg_queue.worker.events import Events
 from pg_queue.worker.finish_log import FinishLog

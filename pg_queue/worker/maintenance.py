@@ -26,8 +26,8 @@ import psycopg
 
 from pg_queue import claim, metrics, sql
 from pg_queue.conf import QueueSettings
+from pg_queue.jobspec import JobSpec
 from pg_queue.models import DeadLetterReason
-from pg_queue.producer import JobSpec
 from pg_queue.signals import job_failed
 from pg_queue.worker.continuations import enqueue_continuations, error_spec, lenient_on_error
 from pg_queue.worker.events import Events
