@@ -80,15 +80,15 @@ PG_QUEUE = {
     "REARM_INTERVAL": env.float("PG_QUEUE_REARM_INTERVAL", default=5.0),
     # Set only when the environment names them; otherwise pg_queue's own defaults apply.
     **{
-        key: env.float(f"PG_QUEUE_{key}")
-        for key in (
-            "RESULT_TTL_SECONDS",
-            "RESULT_SWEEP_INTERVAL",
-            "LOCK_TIMEOUT",
-            "STATEMENT_TIMEOUT",
-            "RESULT_MAX_BYTES",
-            "UNWRITTEN_OUTCOME_MAX_AGE",
-            "UNHEALTHY_RESTART_AFTER",
+        key: parse(f"PG_QUEUE_{key}")
+        for key, parse in (
+            ("RESULT_TTL_SECONDS", env.int),
+            ("RESULT_SWEEP_INTERVAL", env.float),
+            ("LOCK_TIMEOUT", env.float),
+            ("STATEMENT_TIMEOUT", env.float),
+            ("RESULT_MAX_BYTES", env.int),
+            ("UNWRITTEN_OUTCOME_MAX_AGE", env.float),
+            ("UNHEALTHY_RESTART_AFTER", env.float),
         )
         if f"PG_QUEUE_{key}" in env
     },

@@ -33,6 +33,11 @@ def returns_nul() -> str:
     return "text from a PDF\x00with a NUL"
 
 
+@task(queue="poison", max_attempts=3)
+def returns_a_lot(size: int) -> str:
+    return "x" * size
+
+
 @task(queue="poison", max_attempts=2, retry_backoff=0.01)
 def raises_with_nul() -> None:
     raise ValueError("bad byte \x00 in the error text")

@@ -25,7 +25,7 @@ LEASE_MULTIPLE = 3
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def run_burst(workers: Workers, *flags: str) -> str:
+def run_burst(workers: Workers, *flags: str, env: dict[str, str] | None = None) -> str:
     """One burst worker with a single task thread over the poison queue; returns its log."""
     proc = workers.start(
         "--queues",
@@ -36,6 +36,7 @@ def run_burst(workers: Workers, *flags: str) -> str:
         "tests.delivery.poison",
         *flags,
         burst=True,
+        env=env,
     )
     code = proc.wait(timeout=BURST_TIMEOUT)
     assert code == 0, proc.log()
@@ -78,6 +79,19 @@ def test_result_with_nul_is_dead_lettered_and_the_rest_succeed(pgdb, side_tables
     assert failed is not None, outcome_counts(pgdb)
     assert failed[0] == "failed", failed
     assert pgdb.value("SELECT count(*) FROM pg_queue_message") == 0
+
+
+def test_result_over_result_max_bytes_is_dead_lettered_once_not_retried(pgdb, side_tables, workers):
+    poison_id, *_ = enqueue_with_normals(poison.returns_a_lot.job(5000))
+    log = run_burst(workers, env={"PG_QUEUE_RESULT_MAX_BYTES": "4096"})
+
+    assert normal_results(pgdb) == list(range(NORMAL_JOBS)), log
+    letter = dead_letter(pgdb, poison_id)
+    assert letter["reason"] == "unstorable", letter
+    assert letter["attempts"] == 1, letter  # the same run would give the same result
+    assert letter["last_error"] == (
+        "result not storable: 5002 bytes of JSON exceed RESULT_MAX_BYTES (4096)"
+    ), letter
 
 
 def test_error_text_with_nul_is_written_readably_on_retry_and_dead_letter(
