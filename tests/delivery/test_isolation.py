@@ -151,10 +151,10 @@ def test_operator_lock_on_one_claimed_row_does_not_stop_the_other_renewals(pgdb,
 def test_worker_connections_carry_lock_and_statement_timeouts(transactional_db, settings):
     from pg_queue.claim import worker_connection
 
-    settings.PG_QUEUE = {**settings.PG_QUEUE, "LOCK_TIMEOUT": 1.5, "STATEMENT_TIMEOUT": 45}
+    settings.PG_QUEUE = {**settings.PG_QUEUE, "LOCK_TIMEOUT": 1.5, "STATEMENT_TIMEOUT": 2}
     with worker_connection() as conn:
         assert conn.execute("SHOW lock_timeout").fetchone() == ("1500ms",)
-        assert conn.execute("SHOW statement_timeout").fetchone() == ("45s",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("2s",)
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(60)")
 
