@@ -128,17 +128,16 @@ class Endpoints:
             return self.broker_url
         return value
 
-    def image_stand_in_env(self, service: str) -> dict[str, str]:
-        """Environment for an image service's healthcheck run against its local stand-in."""
+    def stand_in(self, service: str) -> tuple[str, int]:
+        """(host, port) of the local stand-in of an image-only service."""
         if service == "postgres":
-            host, port = self.database_host_port
-            return {"PGHOST": host, "PGPORT": str(port)}
-        return {}
-
-    def image_stand_in_ports(self, service: str) -> dict[int, int]:
+            return self.database_host_port
         if service == "pgbouncer":
-            return {6432: self.pooler_port}
-        return {}
+            return "127.0.0.1", self.pooler_port
+        if service == "rabbitmq":
+            broker = urlsplit(self.broker_url)
+            return broker.hostname or "127.0.0.1", broker.port or 5672
+        raise AssertionError(f"image service {service!r} has no local stand-in in Endpoints")
 
 
 @dataclass
@@ -206,8 +205,11 @@ class LocalStack:
             ports = {port: free_port() for port in service.expose}
             env = self.service_env(service)
         else:
-            ports = self.endpoints.image_stand_in_ports(service.name)
-            env = {**self.service_env(service), **self.endpoints.image_stand_in_env(service.name)}
+            # Its healthcheck runs against the stand-in: the ports it listens on become the
+            # stand-in's, and libpq tools without -h/-p (pg_isready) find it through PGHOST.
+            host, port = self.endpoints.stand_in(service.name)
+            ports = dict.fromkeys(service.expose, port)
+            env = {**self.service_env(service), "PGHOST": host, "PGPORT": str(port)}
         self.ports[service.name] = ports
         argv = [self._rewrite(arg, ports) for arg in service.command] if service.built else []
         probe = service.healthcheck

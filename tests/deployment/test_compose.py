@@ -23,6 +23,8 @@ from workers.roles import ROLES, WorkerRole, celery_queues
 
 #: Longest one ``manage.py check`` may take (it starts Django; it connects to nothing).
 CHECK_TIMEOUT = 60.0
+#: Port of a URL scheme when the URL names none.
+DEFAULT_PORTS = {"postgres": 5432, "postgresql": 5432, "amqp": 5672, "http": 80}
 #: Where backend/executions.py stages inputs inside a container (tempfile.gettempdir() there).
 CONTAINER_STAGING = "/tmp/backend-executions"
 
@@ -119,6 +121,20 @@ def test_the_web_app_and_celery_go_through_pgbouncer_in_transaction_mode(
         # Django's advice for transaction pooling, and no LISTEN / prepared statements.
         assert parse_qs(url.query)["disable_server_side_cursors"] == ["True"], name
         assert env["PG_QUEUE_NOTIFY"] == env["PG_QUEUE_PREPARED_STATEMENTS"] == "false", name
+
+
+def test_every_url_naming_a_service_names_a_port_that_service_listens_on(
+    compose: Compose,
+) -> None:
+    for name, service in compose.services.items():
+        for key, value in service.environment.items():
+            url = urlsplit(value)
+            if url.scheme and url.hostname in compose.services:
+                port = url.port or DEFAULT_PORTS[url.scheme]
+                target = compose.services[url.hostname]
+                assert port in target.expose, (
+                    f"{name}: {key}={value}, {target.name} {target.expose}"
+                )
 
 
 def test_migrate_and_the_workers_talk_to_postgres_directly(compose: Compose) -> None:
