@@ -129,9 +129,10 @@ def test_every_url_naming_a_service_names_a_port_that_service_listens_on(
     for name, service in compose.services.items():
         for key, value in service.environment.items():
             url = urlsplit(value)
-            if url.scheme and url.hostname in compose.services:
+            host = url.hostname or ""
+            if url.scheme and host in compose.services:
                 port = url.port or DEFAULT_PORTS[url.scheme]
-                target = compose.services[url.hostname]
+                target = compose.services[host]
                 assert port in target.expose, (
                     f"{name}: {key}={value}, {target.name} {target.expose}"
                 )
