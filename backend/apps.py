@@ -10,8 +10,7 @@ class BackendConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # The execution tasks are part of this app: every process that loads it (web, the
-        # Celery worker, the Postgres worker) knows them by name without extra flags. The
-        # signals module connects the job_failed receiver.
-        import workers.executions  # noqa: F401
+        # The signals module connects the job_failed receiver. (The execution tasks in
+        # workers.executions are imported through settings: PG_QUEUE['IMPORTS'] in every
+        # process, CELERY_IMPORTS in the Celery worker; this app never imports them.)
         from backend import signals  # noqa: F401

@@ -40,6 +40,8 @@ logger = logging.getLogger("backend.executions")
 
 #: Task names, registered by ``workers.executions`` (both workers run them by name).
 RUN_TASK = "workers.executions.run_execution"
+COMPLETE_TASK = "workers.executions.complete_execution"
+FAIL_TASK = "workers.executions.fail_execution"
 #: Where staged inputs live when ``EXECUTION_STAGING_DIR`` is not set.
 DEFAULT_STAGING_DIR = Path(tempfile.gettempdir()) / "backend-executions"
 DEFAULT_QUEUE = "executions"
@@ -264,16 +266,16 @@ def start_execution(
         _abort_before_dispatch(execution, f"{type(exc).__name__}: {exc}")
         return execution
 
-    # Imported here: the task module imports this one.
-    from workers.executions import complete_execution, fail_execution
-
+    # Callbacks by name (the task module imports this one, never the other way round).
+    app = dispatcher.celery_app
+    callback_kwargs = {"execution_id": execution_id}
     try:
         handle = dispatcher.dispatch_with_callback(
             RUN_TASK,
             kwargs={"execution_id": execution_id},
             queue=run_queue,
-            on_success=complete_execution.s(execution_id=execution_id).set(queue=cb_queue),
-            on_error=fail_execution.s(execution_id=execution_id).set(queue=cb_queue),
+            on_success=app.signature(COMPLETE_TASK, kwargs=callback_kwargs, queue=cb_queue),
+            on_error=app.signature(FAIL_TASK, kwargs=callback_kwargs, queue=cb_queue),
             org_id=org_id,
             execution_id=execution_id,
         )

@@ -69,10 +69,11 @@ CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="rpc://")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_IMPORTS = ["workers.executions"]
 
 PG_QUEUE = {
     "CELERY_APP": "backend.celery:app",
-    "IMPORTS": ["workers.tasks"],
+    "IMPORTS": ["workers.tasks", "workers.executions"],
     "CONCURRENCY": env.int("PG_QUEUE_CONCURRENCY", default=8),
     "NOTIFY": env.bool("PG_QUEUE_NOTIFY", default=True),
     "PREPARED_STATEMENTS": env.bool("PG_QUEUE_PREPARED_STATEMENTS", default=True),

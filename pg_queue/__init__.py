@@ -21,21 +21,22 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pg_queue.context import JobContext
-    from pg_queue.exceptions import Retry
-    from pg_queue.producer import JobSpec, call, enqueue, enqueue_many, job
-    from pg_queue.registry import task
+    from pg_queue.core.context import JobContext
+    from pg_queue.core.exceptions import Retry
+    from pg_queue.core.options import JobSpec
+    from pg_queue.producer import call, enqueue, enqueue_many, job
     from pg_queue.results import TaskHandle, TaskOutcome
+    from pg_queue.tasks import task
 
 _LAZY = {
-    "JobContext": "pg_queue.context",
-    "Retry": "pg_queue.exceptions",
-    "JobSpec": "pg_queue.producer",
+    "JobContext": "pg_queue.core.context",
+    "Retry": "pg_queue.core.exceptions",
+    "JobSpec": "pg_queue.core.options",
     "call": "pg_queue.producer",
     "enqueue": "pg_queue.producer",
     "enqueue_many": "pg_queue.producer",
     "job": "pg_queue.producer",
-    "task": "pg_queue.registry",
+    "task": "pg_queue.tasks",
     "TaskHandle": "pg_queue.results",
     "TaskOutcome": "pg_queue.results",
 }

@@ -23,7 +23,7 @@ from celery.app.task import Task as CeleryTask
 from celery.exceptions import Retry as CeleryRetry
 from django.utils import timezone
 
-from pg_queue.exceptions import Reject, Retry
+from pg_queue.core.exceptions import Reject, Retry
 
 #: Celery's own default for ``max_retries``; used when a task does not set it.
 CELERY_DEFAULT_MAX_RETRIES = 3

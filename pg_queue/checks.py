@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import connections
 
-from pg_queue.conf import QueueSettings, queue_settings, unknown_keys
+from pg_queue.core.conf import QueueSettings, queue_settings, unknown_keys
 
 #: Shortest default per-task time limit (seconds) that makes sense: the worker checks limits
 #: from its loop, so a shorter one would fail tasks on scheduling noise. (0 = no limit.)

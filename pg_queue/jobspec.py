@@ -14,14 +14,20 @@ import datetime as dt
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pg_queue.celery_compat import celery_max_attempts
-from pg_queue.conf import queue_settings
-from pg_queue.payload import (
+from pg_queue.core.conf import queue_settings
+from pg_queue.core.options import (
+    NO_OPTIONS,
+    EnqueueOptions,
+    JobSpec,
+    check_max_attempts,
+    check_queue_name,
+)
+from pg_queue.core.payload import (
     ContinuationSpec,
     TaskPayload,
     check_text,
@@ -29,37 +35,10 @@ from pg_queue.payload import (
     dumps_payload,
     validate_delay,
 )
-from pg_queue.registry import (
-    EnqueueOptions,
-    Task,
-    celery_task,
-    check_max_attempts,
-    check_queue_name,
-    native_task,
-)
+from pg_queue.registry import celery_task, native_task
 
-NO_OPTIONS = EnqueueOptions()
-EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-class JobSpec(NamedTuple):
-    """One job to enqueue: task name, arguments and options.
-
-    Immutable like a frozen dataclass, but a tuple: bulk enqueue builds one per job, and tuple
-    construction costs a fraction of a frozen dataclass's ``__init__``.
-    """
-
-    task_name: str
-    args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = EMPTY
-    options: EnqueueOptions = NO_OPTIONS
-    headers: Mapping[str, Any] = EMPTY
-    on_success: ContinuationSpec | None = None
-    on_error: ContinuationSpec | None = None
-    reply_key: str = ""
-    #: None: a fresh time-ordered id. A given id that already names a live job or a stored
-    #: result is refused with ``DuplicateTaskId``.
-    task_id: uuid.UUID | None = None
+if TYPE_CHECKING:
+    from pg_queue.tasks import Task
 
 
 class JobRow(NamedTuple):

@@ -51,16 +51,6 @@ ENQUEUE_TO_START = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
-_DEPTH_SQL = """
-SELECT queue_name,
-       count(*) FILTER (WHERE state = 'ready' AND available_at <= now()) AS ready,
-       count(*) FILTER (WHERE state = 'ready' AND available_at > now()) AS delayed,
-       count(*) FILTER (WHERE state = 'claimed') AS running,
-       COALESCE(EXTRACT(EPOCH FROM now() - min(available_at)
-                FILTER (WHERE state = 'ready' AND available_at <= now())), 0) AS oldest_ready
-FROM pg_queue_message GROUP BY queue_name
-"""
-
 
 class QueueDepthCollector(Collector):
     """Queue depth by state and oldest ready age, read from the database at scrape time."""
@@ -69,7 +59,8 @@ class QueueDepthCollector(Collector):
         self.database = database
 
     def collect(self) -> Iterator[Any]:
-        from pg_queue.claim import worker_connection
+        from pg_queue.db import sql_ops
+        from pg_queue.db.connection import worker_connection
 
         depth = GaugeMetricFamily(
             "pg_queue_depth", "Messages by queue and state", labels=["queue", "state"]
@@ -79,7 +70,7 @@ class QueueDepthCollector(Collector):
         )
         try:
             with worker_connection(self.database) as conn:
-                rows = conn.execute(_DEPTH_SQL).fetchall()
+                rows = conn.execute(sql_ops.QUEUE_DEPTH).fetchall()
         except Exception:
             logger.exception("queue depth scrape failed")
             return

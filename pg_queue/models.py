@@ -1,4 +1,4 @@
-"""The queue's tables. Django owns their schema; the hot path speaks raw SQL to them (claim.py).
+"""The queue's tables. Django owns their schema; the hot path speaks raw SQL to them (pg_queue/db).
 
 Times are written by the database clock (``now()``), never a worker's clock. Text columns use
 ``''`` for "none". A job's status is derived so the hot path pays no extra write: a message row

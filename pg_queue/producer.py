@@ -21,20 +21,12 @@ from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 
-from pg_queue import sql
-from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
-from pg_queue.exceptions import DuplicateTaskId
-from pg_queue.jobspec import (
-    EMPTY,
-    NO_OPTIONS,
-    JobRow,
-    JobSpec,
-    Resolved,
-    new_task_id,
-    validate_spec,
-)
-from pg_queue.payload import ContinuationSpec
-from pg_queue.registry import EnqueueOptions
+from pg_queue.core.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.core.exceptions import DuplicateTaskId
+from pg_queue.core.options import EMPTY, NO_OPTIONS, EnqueueOptions, JobSpec
+from pg_queue.core.payload import ContinuationSpec
+from pg_queue.db import sql
+from pg_queue.jobspec import JobRow, Resolved, new_task_id, validate_spec
 from pg_queue.results import TaskHandle, TaskOutcome, armed_wait
 
 logger = logging.getLogger("pg_queue.producer")

@@ -18,10 +18,11 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from pg_queue.conf import RESULT_CHANNEL, queue_settings
-from pg_queue.exceptions import PayloadError, WaitInTransactionError
-from pg_queue.notify import Listener
-from pg_queue.payload import loads
+from pg_queue.core.conf import RESULT_CHANNEL, queue_settings
+from pg_queue.core.exceptions import PayloadError, WaitInTransactionError
+from pg_queue.core.payload import loads
+from pg_queue.db import sql_ops
+from pg_queue.db.notify import Listener
 
 logger = logging.getLogger("pg_queue.results")
 
@@ -52,7 +53,7 @@ class TaskOutcome:
     """What a wait returns. Never raised: failures and timeouts are values.
 
     ``status`` is what happened to the job; ``ok`` also needs its result to be readable: a
-    stored result that cannot be decoded exactly (see ``pg_queue.payload.loads``) leaves
+    stored result that cannot be decoded exactly (see ``pg_queue.core.payload.loads``) leaves
     ``result`` None and says why in ``error``, with the stored status kept.
     """
 
@@ -69,19 +70,10 @@ class TaskOutcome:
         return self.status == SUCCEEDED and not self.error
 
 
-_STATUS_SQL = """
-SELECT 'result' AS src, status, result, error, traceback, attempts
-  FROM pg_task_result WHERE task_id = %(id)s
-UNION ALL
-SELECT 'message', state, NULL, last_error, '', attempts
-  FROM pg_queue_message WHERE task_id = %(id)s
-"""
-
-
 def _fetch(task_id: uuid.UUID, using: str) -> TaskOutcome | None:
     """One round trip: the finished outcome, or a live queued/running state, or None."""
     with connections[using].cursor() as cursor:
-        cursor.execute(_STATUS_SQL, {"id": task_id})
+        cursor.execute(sql_ops.JOB_STATUS, {"id": task_id})
         rows = cursor.fetchall()
     for src, status, result, error, tb, attempts in rows:
         if src == "result":  # Django hands jsonb over as text
@@ -101,7 +93,7 @@ def _stored_outcome(
 ) -> TaskOutcome:
     """A result row as an outcome; never raises: an undecodable result becomes its error.
 
-    ``pg_queue.payload.loads`` decodes, as for the results a NOTIFY carries, so a wait returns
+    ``pg_queue.core.payload.loads`` decodes, as for the results a NOTIFY carries, so a wait returns
     the same value whichever way it learnt of the result.
     """
     result = None
@@ -309,7 +301,7 @@ class _ResultWaiters:
                 self._retry_later(listener)
             if time.monotonic() < self._retry_at:
                 return False
-            from pg_queue.claim import worker_connection
+            from pg_queue.db.connection import worker_connection
 
             listener = Listener(
                 RESULT_CHANNEL,
@@ -352,7 +344,7 @@ class _ResultWaiters:
     def _on_results(self, payload: str) -> None:
         """A small batch's successes, ``[[task_id, attempts, result], ...]``: hand them over.
 
-        Decoded like a polled result (``pg_queue.payload.loads``); anything not understood,
+        Decoded like a polled result (``pg_queue.core.payload.loads``); anything not understood,
         such as a result that cannot be decoded exactly, wakes every waiter to read its own
         result by query, where an undecodable one becomes an outcome that says so.
         """

@@ -45,10 +45,10 @@ def counts(conn: Any) -> tuple[int, int]:
 
 def renewals(vt_index: bool, fillfactor: int) -> tuple[int, int]:
     """Claim CLAIMED of ROWS fresh jobs, renew them ROUNDS times; (updates, HOT updates)."""
-    from pg_queue import claim
+    from pg_queue.db import connection, queries
     from pg_queue.producer import enqueue_many, job
 
-    with claim.worker_connection() as conn:
+    with connection.worker_connection() as conn:
         conn.execute("DELETE FROM pg_queue_message")
         conn.execute("VACUUM pg_queue_message")
         conn.execute(f"ALTER TABLE pg_queue_message SET (fillfactor = {fillfactor})")
@@ -58,13 +58,13 @@ def renewals(vt_index: bool, fillfactor: int) -> tuple[int, int]:
             )
         try:
             enqueue_many(job("workers.tasks.echo", [i]) for i in range(ROWS))
-            msgs = claim.message_claim(
+            msgs = queries.message_claim(
                 conn, queue="default", limit=CLAIMED, lease=30, worker_id="w"
             )
             held = {m.msg_id: m.lease_token for m in msgs}
             updated_before, hot_before = counts(conn)
             for i in range(ROUNDS):
-                claim.lease_renew(conn, held, lease=30 + i)
+                queries.lease_renew(conn, held, lease=30 + i)
             updated, hot = counts(conn)
             return updated - updated_before, hot - hot_before
         finally:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from pg_queue import sql
-from pg_queue.producer import JobSpec, bulk_params, enqueue, enqueue_many, job
-from pg_queue.registry import EnqueueOptions
+from pg_queue.core.options import EnqueueOptions, JobSpec
+from pg_queue.db import sql
+from pg_queue.producer import bulk_params, enqueue, enqueue_many, job
 from tests.payload_echo import echo
 
 Enqueue = Callable[..., list[uuid.UUID]]

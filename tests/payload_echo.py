@@ -10,7 +10,7 @@ from typing import Any
 from django.db import connection
 
 from pg_queue import task
-from pg_queue.payload import loads
+from pg_queue.core.payload import loads
 
 #: Its own queue, so a worker for these jobs claims nothing else.
 ECHO_QUEUE = "payload-echo"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from pg_queue.payload import ContinuationSpec
+from pg_queue.core.payload import ContinuationSpec
 from pg_queue.producer import enqueue
 
 CANCEL_ERROR = "workers.tasks.on_failed"

@@ -20,10 +20,11 @@ import psycopg
 import pytest
 from django.db import connection
 
-from pg_queue import claim, sql
+from pg_queue.core.outcomes import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.core.payload import loads
+from pg_queue.db import connection as db_connection
+from pg_queue.db import queries, sql
 from pg_queue.models import DeadLetter, QueueMessage, TaskResult
-from pg_queue.outcomes import Bury, ClaimedMessage, RetryLater, Success
-from pg_queue.payload import loads
 from pg_queue.producer import enqueue, enqueue_many, job
 from workers import tasks
 
@@ -34,12 +35,12 @@ LEASE = 60.0
 
 @pytest.fixture
 def conn() -> Iterator[psycopg.Connection[Any]]:
-    with claim.worker_connection() as c:
+    with db_connection.worker_connection() as c:
         yield c
 
 
 def claim_one(conn: psycopg.Connection[Any], worker_id: str = "w1", **kw: Any) -> ClaimedMessage:
-    messages = claim.message_claim(
+    messages = queries.message_claim(
         conn,
         queue=kw.get("queue", "default"),
         limit=kw.get("limit", 1),
@@ -51,7 +52,7 @@ def claim_one(conn: psycopg.Connection[Any], worker_id: str = "w1", **kw: Any) -
 
 
 def claim_all(conn: psycopg.Connection[Any], queue: str = "default") -> list[ClaimedMessage]:
-    return claim.message_claim(conn, queue=queue, limit=1000, lease=LEASE, worker_id="w")
+    return queries.message_claim(conn, queue=queue, limit=1000, lease=LEASE, worker_id="w")
 
 
 def args_of(msg: ClaimedMessage) -> list[Any]:
@@ -75,8 +76,8 @@ def expire_lease(msg_id: int) -> None:
 
 def rearm(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     """One re-arm sweep as any worker runs it: (re-armed, dead-lettered)."""
-    rearmed = claim.message_rearm(conn, limit=100)
-    buried = claim.message_rearm_exhausted(conn, limit=100, ttl=60)
+    rearmed = queries.message_rearm(conn, limit=100)
+    buried = queries.message_rearm_exhausted(conn, limit=100, ttl=60)
     return rearmed, len(buried)
 
 
@@ -94,7 +95,7 @@ def test_enqueue_claim_ack_round_trip(conn):
     assert handle.status() == "running"
     assert claim_all(conn) == []  # a claimed row is not claimable again
 
-    acked = claim.message_ack(conn, [Success(msg, "5", msg.claimed_at)], ttl=3600)
+    acked = queries.message_ack(conn, [Success(msg, "5", msg.claimed_at)], ttl=3600)
     assert acked == {msg.msg_id}
     assert not QueueMessage.objects.exists()
     result = TaskResult.objects.get(task_id=handle.task_id)
@@ -105,14 +106,14 @@ def test_enqueue_claim_ack_round_trip(conn):
     outcome = handle.outcome()
     assert (outcome.status, outcome.result, outcome.ok) == ("succeeded", 5, True)
     # A second ack of the same message is a no-op, not an error.
-    assert claim.message_ack(conn, [Success(msg, "6", msg.claimed_at)], ttl=3600) == set()
+    assert queries.message_ack(conn, [Success(msg, "6", msg.claimed_at)], ttl=3600) == set()
     assert TaskResult.objects.get(task_id=handle.task_id).result == 5
 
 
 def test_ack_of_a_task_without_stored_results_deletes_the_row_and_writes_no_result(conn):
     handle = tasks.noop.enqueue(1)
     msg = claim_one(conn)
-    assert claim.message_ack(conn, [Success(msg, None, msg.claimed_at)], ttl=60) == {msg.msg_id}
+    assert queries.message_ack(conn, [Success(msg, None, msg.claimed_at)], ttl=60) == {msg.msg_id}
     assert not QueueMessage.objects.exists()
     assert not TaskResult.objects.exists()
     assert handle.status() == "unknown"
@@ -125,7 +126,7 @@ def test_ack_is_batched_and_acks_only_the_owned_messages(conn):
     stale = dataclasses.replace(msgs[0], lease_token=uuid.uuid4())
     items = [Success(stale, "0", msgs[0].claimed_at)]
     items += [Success(m, str(args_of(m)[0]), m.claimed_at) for m in msgs[1:]]
-    assert claim.message_ack(conn, items, ttl=60) == {m.msg_id for m in msgs[1:]}
+    assert queries.message_ack(conn, items, ttl=60) == {m.msg_id for m in msgs[1:]}
     assert list(QueueMessage.objects.values_list("msg_id", flat=True)) == [msgs[0].msg_id]
     assert TaskResult.objects.count() == 4
     for m in msgs[1:]:
@@ -135,12 +136,12 @@ def test_ack_is_batched_and_acks_only_the_owned_messages(conn):
 def test_ack_of_a_batch_too_big_for_one_notify_payload_still_wakes_waiters(conn):
     # 300 task ids do not fit NOTIFY's 8000-byte payload; the ack must not fail on it.
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(300))
-    msgs = claim.message_claim(conn, queue="default", limit=300, lease=30, worker_id="w")
+    msgs = queries.message_claim(conn, queue="default", limit=300, lease=30, worker_id="w")
     assert len(msgs) == 300
-    listener = claim.worker_connection()
+    listener = db_connection.worker_connection()
     listener.execute("LISTEN pg_queue_result")
     items = [Success(m, str(args_of(m)[0]), m.claimed_at) for m in msgs]
-    assert len(claim.message_ack(conn, items, ttl=60, notify=True)) == 300
+    assert len(queries.message_ack(conn, items, ttl=60, notify=True)) == 300
     payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
     listener.close()
     assert payloads == ["*"]
@@ -158,10 +159,10 @@ def test_ack_of_a_batch_too_big_for_one_notify_payload_still_wakes_waiters(conn)
 def test_ack_notify_carries_small_batches_results_and_otherwise_ids(conn, results, carries_results):
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(len(results)))
     msgs = claim_all(conn)
-    listener = claim.worker_connection()
+    listener = db_connection.worker_connection()
     listener.execute("LISTEN pg_queue_result")
     items = [Success(m, r, m.claimed_at) for m, r in zip(msgs, results, strict=True)]
-    assert len(claim.message_ack(conn, items, ttl=60, notify=True)) == len(results)
+    assert len(queries.message_ack(conn, items, ttl=60, notify=True)) == len(results)
     [payload] = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
     listener.close()
     if carries_results:
@@ -176,7 +177,7 @@ def test_ack_with_a_stale_lease_token_does_nothing(conn):
     enqueue("workers.tasks.echo", [1])
     msg = claim_one(conn)
     stale = dataclasses.replace(msg, lease_token=uuid.uuid4())
-    assert claim.message_ack(conn, [Success(stale, "1", msg.claimed_at)], ttl=60) == set()
+    assert queries.message_ack(conn, [Success(stale, "1", msg.claimed_at)], ttl=60) == set()
     row = QueueMessage.objects.get()
     assert (row.state, row.lease_token) == ("claimed", msg.lease_token)
     assert not TaskResult.objects.exists()
@@ -187,7 +188,7 @@ def test_lease_reclaimed_by_another_worker_cannot_be_touched_with_the_old_token(
     old = claim_one(conn, "worker-old")
     expire_lease(old.msg_id)
     assert rearm(conn) == (1, 0)
-    with claim.worker_connection() as other:
+    with db_connection.worker_connection() as other:
         new = claim_one(other, "worker-new")
     assert new.msg_id == old.msg_id
     assert new.task_id == handle.task_id
@@ -204,56 +205,56 @@ def test_lease_reclaimed_by_another_worker_cannot_be_touched_with_the_old_token(
         return row
 
     vt_before = unchanged().vt
-    assert claim.message_ack(conn, [Success(old, "1", old.claimed_at)], ttl=60) == set()
+    assert queries.message_ack(conn, [Success(old, "1", old.claimed_at)], ttl=60) == set()
     unchanged()
-    assert claim.message_retry(conn, [RetryLater(old, 0.0, "old worker failed")]) == set()
+    assert queries.message_retry(conn, [RetryLater(old, 0.0, "old worker failed")]) == set()
     unchanged()
-    assert claim.message_bury(conn, [Bury(old, "exhausted", "x", "", None)], ttl=60) == set()
+    assert queries.message_bury(conn, [Bury(old, "exhausted", "x", "", None)], ttl=60) == set()
     unchanged()
-    assert claim.lease_extend(conn, {old.msg_id: old.lease_token}, lease=999) == set()
+    assert queries.lease_extend(conn, {old.msg_id: old.lease_token}, lease=999) == set()
     assert unchanged().vt == vt_before
-    assert claim.message_release(conn, {old.msg_id: old.lease_token}) == set()
+    assert queries.message_release(conn, {old.msg_id: old.lease_token}) == set()
     assert unchanged().attempts == 2
     assert not DeadLetter.objects.exists()
     assert not TaskResult.objects.exists()
     # The new owner still finishes it.
-    assert claim.message_ack(conn, [Success(new, "1", new.claimed_at)], ttl=60) == {new.msg_id}
+    assert queries.message_ack(conn, [Success(new, "1", new.claimed_at)], ttl=60) == {new.msg_id}
     assert TaskResult.objects.get(task_id=handle.task_id).attempts == 2
 
 
 def test_lease_extend_renews_only_leases_still_held(conn):
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(3))
-    msgs = claim.message_claim(conn, queue="default", limit=3, lease=5, worker_id="w")
+    msgs = queries.message_claim(conn, queue="default", limit=3, lease=5, worker_id="w")
     held = {m.msg_id: m.lease_token for m in msgs}
     held[msgs[2].msg_id] = uuid.uuid4()  # lost this one
-    assert claim.lease_extend(conn, held, lease=LEASE) == {msgs[0].msg_id, msgs[1].msg_id}
+    assert queries.lease_extend(conn, held, lease=LEASE) == {msgs[0].msg_id, msgs[1].msg_id}
     rows = {r.msg_id: r for r in QueueMessage.objects.all()}
     now = db_now()
     assert rows[msgs[0].msg_id].vt - now > dt.timedelta(seconds=30)
     assert rows[msgs[2].msg_id].vt - now <= dt.timedelta(seconds=5)
-    assert claim.lease_extend(conn, {}, lease=LEASE) == set()
+    assert queries.lease_extend(conn, {}, lease=LEASE) == set()
 
 
 def test_lease_renewal_skips_a_row_locked_elsewhere_and_keeps_it_ours(conn):
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(2))
-    locked, free = claim.message_claim(conn, queue="default", limit=2, lease=5, worker_id="w")
+    locked, free = queries.message_claim(conn, queue="default", limit=2, lease=5, worker_id="w")
     held = {locked.msg_id: locked.lease_token, free.msg_id: free.lease_token}
-    with claim.worker_connection() as operator, operator.transaction():
+    with db_connection.worker_connection() as operator, operator.transaction():
         operator.execute(
             "SELECT 1 FROM pg_queue_message WHERE msg_id = %s FOR UPDATE", [locked.msg_id]
         )
-        renewal = claim.lease_renew(conn, held, lease=LEASE)
+        renewal = queries.lease_renew(conn, held, lease=LEASE)
     assert renewal.renewed == {free.msg_id}
     assert renewal.busy == {locked.msg_id}  # not lost: renewed again next beat
     assert renewal.lost == set()
-    assert claim.lease_renew(conn, held, lease=LEASE).renewed == set(held)
+    assert queries.lease_renew(conn, held, lease=LEASE).renewed == set(held)
 
 
 def test_lease_renewals_are_hot_updates(conn):
     """Renewing a lease changes only vt, which no index covers: the update stays on its page
     and touches no index (a HOT update), however many leases a worker renews each beat."""
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(10))
-    msgs = claim.message_claim(conn, queue="default", limit=10, lease=5, worker_id="w")
+    msgs = queries.message_claim(conn, queue="default", limit=10, lease=5, worker_id="w")
     held = {m.msg_id: m.lease_token for m in msgs}
     # This backend's counts not yet flushed to the cumulative statistics (the claim's too).
     counts = (
@@ -263,7 +264,7 @@ def test_lease_renewals_are_hot_updates(conn):
     with conn.transaction():
         updated_before, hot_before = conn.execute(counts).fetchone()
         for lease in (LEASE, LEASE + 1):  # now() is fixed in a transaction: a new vt each time
-            assert claim.lease_renew(conn, held, lease=lease).renewed == set(held)
+            assert queries.lease_renew(conn, held, lease=lease).renewed == set(held)
         updated, hot = conn.execute(counts).fetchone()
     assert (updated - updated_before, hot - hot_before) == (20, 20)
 
@@ -271,7 +272,7 @@ def test_lease_renewals_are_hot_updates(conn):
 def test_retry_puts_the_job_back_after_its_delay_with_the_error(conn):
     enqueue("workers.tasks.echo", [1])
     msg = claim_one(conn)
-    assert claim.message_retry(conn, [RetryLater(msg, 3600.0, "ValueError: no")]) == {msg.msg_id}
+    assert queries.message_retry(conn, [RetryLater(msg, 3600.0, "ValueError: no")]) == {msg.msg_id}
     row = QueueMessage.objects.get()
     assert (row.state, row.lease_token, row.vt, row.worker_id) == ("ready", None, None, "")
     assert (row.attempts, row.last_error) == (1, "ValueError: no")
@@ -279,7 +280,7 @@ def test_retry_puts_the_job_back_after_its_delay_with_the_error(conn):
     assert claim_all(conn) == []  # not due yet
 
     msg2 = dataclasses.replace(msg)
-    assert claim.message_retry(conn, [RetryLater(msg2, 0.0, "again")]) == set()  # not claimed
+    assert queries.message_retry(conn, [RetryLater(msg2, 0.0, "again")]) == set()  # not claimed
     QueueMessage.objects.update(available_at=db_now())
     again = claim_one(conn)
     assert (again.msg_id, again.attempts) == (msg.msg_id, 2)
@@ -289,7 +290,7 @@ def test_bury_moves_the_job_to_dead_letter_with_a_failed_outcome(conn):
     handle = enqueue("workers.tasks.echo", [1], priority=4, tenant_key="org-9")
     msg = claim_one(conn)
     started = msg.claimed_at
-    buried = claim.message_bury(
+    buried = queries.message_bury(
         conn, [Bury(msg, "exhausted", "ValueError: x", "Traceback ...", started)], ttl=60
     )
     assert buried == {msg.msg_id}
@@ -318,7 +319,7 @@ def test_bury_moves_the_job_to_dead_letter_with_a_failed_outcome(conn):
 def test_release_hands_the_job_back_without_counting_the_attempt(conn):
     enqueue("workers.tasks.echo", [1])
     msg = claim_one(conn)
-    assert claim.message_release(conn, {msg.msg_id: msg.lease_token}) == {msg.msg_id}
+    assert queries.message_release(conn, {msg.msg_id: msg.lease_token}) == {msg.msg_id}
     row = QueueMessage.objects.get()
     assert (row.state, row.attempts, row.lease_token) == ("ready", 0, None)
     assert claim_one(conn).attempts == 1
@@ -329,7 +330,7 @@ def test_expired_lease_is_rearmed_by_any_worker(conn):
     msg = claim_one(conn, "crashed-worker")
     assert rearm(conn) == (0, 0)  # lease still valid
     expire_lease(msg.msg_id)
-    with claim.worker_connection() as other:
+    with db_connection.worker_connection() as other:
         assert rearm(other) == (1, 0)
     row = QueueMessage.objects.get()
     assert (row.state, row.lease_token, row.attempts) == ("ready", None, 1)
@@ -354,7 +355,7 @@ def test_claim_never_returns_more_than_its_limit_or_another_queue(conn):
     enqueue("workers.tasks.echo", [99], queue="elsewhere")
     sizes = []
     for limit in (3, 1, 4, 5, 5):
-        got = claim.message_claim(conn, queue="default", limit=limit, lease=LEASE, worker_id="w")
+        got = queries.message_claim(conn, queue="default", limit=limit, lease=LEASE, worker_id="w")
         assert len(got) <= limit
         assert all(m.queue_name == "default" for m in got)
         sizes.append(len(got))
@@ -374,11 +375,11 @@ def test_two_concurrent_claimers_never_share_a_message():
         claimed: list[int] = []
         over_limit: list[tuple[int, int]] = []
         acked: set[int] = set()
-        with claim.worker_connection() as own:
+        with db_connection.worker_connection() as own:
             start.wait()
             for _ in range(total):  # bounded: each useful round claims at least one row
                 limit = rng.randint(1, 40)
-                got = claim.message_claim(
+                got = queries.message_claim(
                     own, queue="default", limit=limit, lease=LEASE, worker_id=name
                 )
                 if len(got) > limit:
@@ -387,7 +388,7 @@ def test_two_concurrent_claimers_never_share_a_message():
                     break
                 claimed.extend(m.msg_id for m in got)
                 if rng.random() < 0.5:  # ack some at once, like a worker would
-                    acked |= claim.message_ack(
+                    acked |= queries.message_ack(
                         own, [Success(m, None, m.claimed_at) for m in got], ttl=60
                     )
         return claimed, over_limit, acked
@@ -452,7 +453,7 @@ def test_claim_order_is_priority_then_age(conn):
 
 def test_claim_with_a_limit_takes_the_highest_priority_rows(conn):
     enqueue_many(job("workers.tasks.echo", [i], priority=i) for i in range(20))
-    got = claim.message_claim(conn, queue="default", limit=5, lease=LEASE, worker_id="w")
+    got = queries.message_claim(conn, queue="default", limit=5, lease=LEASE, worker_id="w")
     assert sorted(args_of(m)[0] for m in got) == [15, 16, 17, 18, 19]
 
 
@@ -460,9 +461,9 @@ def test_worker_connections_plan_every_claim_for_the_current_table_size():
     """A generic plan (PostgreSQL's default after five executions of a prepared statement) is
     costed once, from the table's size at that moment: one made while the queue was empty
     scans the whole table once the queue is deep. The worker's statements must stay custom."""
-    with claim.worker_connection() as conn:
+    with db_connection.worker_connection() as conn:
         for _ in range(8):
-            claim.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+            queries.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
         plans = conn.execute(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
             "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%' "
@@ -476,11 +477,11 @@ def test_vacuum_warning_names_what_keeps_the_queue_table_from_being_vacuumed(con
     assert server_off is (conn.execute("SHOW autovacuum").fetchone()[0] == "off")
     assert table_off is False
     expected = "autovacuum is off on this server" if server_off else None
-    assert claim.vacuum_warning(conn) == expected
+    assert queries.vacuum_warning(conn) == expected
     conn.execute("ALTER TABLE pg_queue_message SET (autovacuum_enabled = false)")
     try:
         assert conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()[1] is True
-        assert claim.vacuum_warning(conn) == (
+        assert queries.vacuum_warning(conn) == (
             expected or "autovacuum is disabled for pg_queue_message (autovacuum_enabled=false)"
         )
     finally:

@@ -14,11 +14,12 @@ import re
 import pytest
 from django.db import connection, transaction
 
-from pg_queue.exceptions import ConfigurationError
+from pg_queue.core.exceptions import ConfigurationError
+from pg_queue.core.payload import ContinuationSpec
+from pg_queue.db.connection import worker_connection
 from pg_queue.models import QueueMessage
-from pg_queue.payload import ContinuationSpec
 from pg_queue.producer import enqueue, enqueue_many, job
-from pg_queue.registry import task
+from pg_queue.tasks import task
 from tests import enqueue_paths
 from tests.payload_echo import echo
 
@@ -166,9 +167,7 @@ def test_a_refusal_inside_atomic_leaves_the_callers_transaction_usable_and_commi
                 assert cursor.fetchone() == (1,)
         last = enqueue(echo.name, ["last"]).task_id
     # Committed: another connection sees both rows.
-    from pg_queue import claim
-
-    with claim.worker_connection() as conn:
+    with worker_connection() as conn:
         rows = conn.execute("SELECT task_id FROM pg_queue_message").fetchall()
     assert {r[0] for r in rows} == {first, last}
 

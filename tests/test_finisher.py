@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from pg_queue import claim
-from pg_queue.conf import queue_settings
-from pg_queue.outcomes import ClaimedMessage, Success
+from pg_queue.core.conf import queue_settings
+from pg_queue.core.outcomes import ClaimedMessage, Success
+from pg_queue.db import connection, queries
 from pg_queue.producer import enqueue_many, job
 from pg_queue.worker.events import Events
 from pg_queue.worker.finisher import Finisher
@@ -36,13 +36,13 @@ TOO_DEEP = "[" * 200_000 + "]" * 200_000
 
 @pytest.fixture
 def conn() -> Iterator[psycopg.Connection[Any]]:
-    with claim.worker_connection() as c:
+    with connection.worker_connection() as c:
         yield c
 
 
 def claimed(conn: psycopg.Connection[Any], n: int) -> list[ClaimedMessage]:
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(n))
-    msgs = claim.message_claim(conn, queue="default", limit=n, lease=60, worker_id="w")
+    msgs = queries.message_claim(conn, queue="default", limit=n, lease=60, worker_id="w")
     assert len(msgs) == n
     return sorted(msgs, key=lambda m: m.msg_id)
 
@@ -53,7 +53,7 @@ def finisher() -> Iterator[tuple[Finisher, WorkerStats]]:
     events = Events()
     service = Finisher(
         conf=queue_settings(),
-        connect=claim.worker_connection,
+        connect=connection.worker_connection,
         inflight=InFlight(),
         stats=stats,
         events=events,
@@ -117,7 +117,7 @@ def test_a_row_locked_elsewhere_defers_its_finish_without_holding_up_the_others(
     service.conf = queue_settings()
     msgs = claimed(conn, 4)
     locked = msgs[1]
-    with claim.worker_connection() as operator, operator.transaction():
+    with connection.worker_connection() as operator, operator.transaction():
         operator.execute(
             "SELECT 1 FROM pg_queue_message WHERE msg_id = %s FOR UPDATE", [locked.msg_id]
         )

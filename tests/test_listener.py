@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pg_queue import claim, notify
-from pg_queue.notify import Listener
+from pg_queue.db import connection, notify
+from pg_queue.db.notify import Listener
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,14 +55,14 @@ class Recorder:
 
 
 def send(channel: str, *payloads: str) -> None:
-    with claim.worker_connection() as conn:
+    with connection.worker_connection() as conn:
         for payload in payloads:
             conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
 def terminate_listening_backend(channel: str) -> None:
     """Kill the server side of the listener's connection, as a failover or an admin would."""
-    with claim.worker_connection() as conn:
+    with connection.worker_connection() as conn:
         killed = conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE query = %s AND pid <> pg_backend_pid()",
@@ -89,7 +89,7 @@ def start_listener() -> Iterator[Callable[..., Listener]]:
 
     def start(
         on_payload: Callable[[str], None],
-        connect: Callable[[], psycopg.Connection[Any]] = claim.worker_connection,
+        connect: Callable[[], psycopg.Connection[Any]] = connection.worker_connection,
     ) -> Listener:
         listener = Listener(f"test_listen_{uuid.uuid4().hex[:12]}", on_payload, connect)
         started.append(listener)
@@ -112,7 +112,7 @@ def test_an_exception_from_the_callback_is_logged_and_listening_goes_on(
 ):
     got = Recorder(raises={"boom": raised})
     listener = start_listener(got)
-    caplog.set_level(logging.INFO, logger="pg_queue.notify")
+    caplog.set_level(logging.INFO, logger="pg_queue.db.notify")
 
     send(listener.channel, "boom", "after")
 
@@ -120,7 +120,7 @@ def test_an_exception_from_the_callback_is_logged_and_listening_goes_on(
     assert listener.alive
     assert listener.healthy
     assert listener.unexpected_errors == 1
-    logged = [r for r in caplog.records if r.name == "pg_queue.notify" and r.exc_info]
+    logged = [r for r in caplog.records if r.name == "pg_queue.db.notify" and r.exc_info]
     assert [r.exc_info[0] for r in logged] == [type(raised)]  # with its traceback
     assert "boom" not in caplog.text  # payloads may carry results: never logged
 
@@ -149,11 +149,11 @@ def test_an_unexpected_error_while_reconnecting_is_logged_retried_and_reported(
     def connect() -> psycopg.Connection[Any]:
         if broken.is_set():
             raise RuntimeError("connect function bug")
-        return claim.worker_connection()
+        return connection.worker_connection()
 
     got = Recorder()
     listener = start_listener(got, connect)
-    caplog.set_level(logging.INFO, logger="pg_queue.notify")
+    caplog.set_level(logging.INFO, logger="pg_queue.db.notify")
 
     broken.set()
     terminate_listening_backend(listener.channel)
@@ -164,7 +164,7 @@ def test_an_unexpected_error_while_reconnecting_is_logged_retried_and_reported(
     broken.clear()
     assert delivered_again(listener, got)
     assert listener.healthy
-    logged = [r for r in caplog.records if r.name == "pg_queue.notify" and r.exc_info]
+    logged = [r for r in caplog.records if r.name == "pg_queue.db.notify" and r.exc_info]
     assert logged
     assert {r.exc_info[0] for r in logged} == {RuntimeError}
 

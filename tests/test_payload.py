@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import pytest
 
-from pg_queue.exceptions import PayloadError
-from pg_queue.payload import (
+from pg_queue.core.exceptions import PayloadError
+from pg_queue.core.payload import (
     INT_MAX,
     INT_MIN,
     MAX_DEPTH,

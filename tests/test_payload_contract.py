@@ -14,9 +14,9 @@ import sys
 import pytest
 from django.db import connection, transaction
 
-from pg_queue.exceptions import PayloadError
+from pg_queue.core.exceptions import PayloadError
+from pg_queue.core.payload import INT_MAX, INT_MIN, MAX_DEPTH, coerce_json, dumps, loads
 from pg_queue.models import QueueMessage
-from pg_queue.payload import INT_MAX, INT_MIN, MAX_DEPTH, coerce_json, dumps, loads
 from pg_queue.producer import enqueue
 from tests import enqueue_paths
 from tests.payload_echo import echo, nested, same_json, stored_payloads
@@ -88,7 +88,7 @@ def test_headers_and_reply_key_are_refused_like_arguments(entry, options, path):
 @pytest.mark.django_db
 @pytest.mark.parametrize("entry", enqueue_paths.BY_NAME)
 def test_continuation_arguments_are_refused_at_enqueue_naming_the_continuation(entry):
-    from pg_queue.payload import ContinuationSpec
+    from pg_queue.core.payload import ContinuationSpec
 
     bad = ContinuationSpec(task_name=echo.name, queue="q", args=[1, {"x": "\x00"}])
     with pytest.raises(PayloadError) as info:

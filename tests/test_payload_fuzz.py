@@ -21,8 +21,8 @@ from django.db import connection, transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pg_queue.exceptions import PayloadError
-from pg_queue.payload import loads
+from pg_queue.core.exceptions import PayloadError
+from pg_queue.core.payload import loads
 from pg_queue.producer import enqueue, enqueue_many, job
 from tests.payload_echo import ECHO_QUEUE, echo, nested, same_json
 

@@ -10,9 +10,9 @@ import threading
 import time
 import uuid
 
-from pg_queue.outcomes import ClaimedMessage, Outcome, RetryLater, Success
-from pg_queue.payload import TaskPayload
-from pg_queue.registry import Task
+from pg_queue.core.outcomes import ClaimedMessage, Outcome, RetryLater, Success
+from pg_queue.core.payload import TaskPayload
+from pg_queue.tasks import Task
 from pg_queue.worker.execution import Job
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.pool import Pool

@@ -10,8 +10,9 @@ from decimal import Decimal
 import pytest
 from django.db import connection, transaction
 
-from pg_queue import claim
-from pg_queue.exceptions import PayloadError
+from pg_queue.core.exceptions import PayloadError
+from pg_queue.db import connection as db_connection
+from pg_queue.db import queries
 from pg_queue.models import QueueMessage
 from pg_queue.producer import enqueue, enqueue_many, job
 from workers import tasks
@@ -308,11 +309,13 @@ def test_enqueue_many_with_dedup_keys_returns_existing_task_ids():
 @pytest.mark.django_db(transaction=True)
 def test_dedup_key_is_free_again_after_the_first_job_finishes():
     first = enqueue("workers.tasks.echo", [1], dedup_key="sync:7")
-    with claim.worker_connection() as conn:
-        [msg] = claim.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+    with db_connection.worker_connection() as conn:
+        [msg] = queries.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
         # Still live while claimed: a second enqueue joins it.
         assert enqueue("workers.tasks.echo", [2], dedup_key="sync:7").task_id == first.task_id
-        assert claim.message_ack(conn, [claim.Success(msg, "1", db_now())], ttl=60) == {msg.msg_id}
+        assert queries.message_ack(conn, [queries.Success(msg, "1", db_now())], ttl=60) == {
+            msg.msg_id
+        }
     again = enqueue("workers.tasks.echo", [3], dedup_key="sync:7")
     assert again.task_id != first.task_id
     assert QueueMessage.objects.get().task_id == again.task_id
@@ -321,9 +324,11 @@ def test_dedup_key_is_free_again_after_the_first_job_finishes():
 @pytest.mark.django_db(transaction=True)
 def test_dedup_key_is_free_again_after_the_first_job_is_dead_lettered():
     first = enqueue("workers.tasks.echo", [1], dedup_key="sync:8", max_attempts=1)
-    with claim.worker_connection() as conn:
-        [msg] = claim.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
-        buried = claim.message_bury(conn, [claim.Bury(msg, "exhausted", "boom", "", None)], ttl=60)
+    with db_connection.worker_connection() as conn:
+        [msg] = queries.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+        buried = queries.message_bury(
+            conn, [queries.Bury(msg, "exhausted", "boom", "", None)], ttl=60
+        )
         assert buried == {msg.msg_id}
     again = enqueue("workers.tasks.echo", [2], dedup_key="sync:8")
     assert again.task_id != first.task_id

@@ -1,7 +1,7 @@
 """The process-wide result wake-ups: they recover from failures, and decode like polling does.
 
 Jobs are enqueued through Django, claimed and acked on a real ``worker_connection()`` with the
-worker's own statements (``claim.message_claim`` / ``message_ack``), so the NOTIFY a waiter
+worker's own statements (``queries.message_claim`` / ``message_ack``), so the NOTIFY a waiter
 receives is the one a worker sends.
 """
 
@@ -16,14 +16,16 @@ import psycopg
 import pytest
 from django.db import connection
 
-from pg_queue import claim, results
-from pg_queue.claim import Success
+from pg_queue import results
+from pg_queue.core.outcomes import Success
+from pg_queue.db import connection as db_connection
+from pg_queue.db import queries
 from pg_queue.results import TaskHandle, TaskOutcome
 from workers import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REAL_CONNECT = claim.worker_connection
+REAL_CONNECT = db_connection.worker_connection
 #: Longer than any test runs: a wait that returns early was woken by its NOTIFY, not a poll.
 NO_FALLBACK_POLL = 120.0
 BEYOND_64_BITS = "123456789012345678901234567890"
@@ -66,7 +68,7 @@ class Database:
 def database(monkeypatch) -> Iterator[Database]:
     """A private result listener (not the process-wide one) whose connections we can break."""
     db = Database()
-    monkeypatch.setattr(claim, "worker_connection", db)
+    monkeypatch.setattr(db_connection, "worker_connection", db)
     monkeypatch.setattr(results, "_waiters", results._ResultWaiters())
     yield db
     results._waiters.stop()
@@ -80,8 +82,8 @@ def conn() -> Iterator[psycopg.Connection[Any]]:
 
 def finish(conn: psycopg.Connection[Any], queue: str, result_json: str, *, notify: bool) -> None:
     """Claim the one job of ``queue`` and ack it with ``result_json``, as a worker does."""
-    [msg] = claim.message_claim(conn, queue=queue, limit=1, lease=60, worker_id="test")
-    assert claim.message_ack(
+    [msg] = queries.message_claim(conn, queue=queue, limit=1, lease=60, worker_id="test")
+    assert queries.message_ack(
         conn, [Success(msg, result_json, msg.claimed_at)], ttl=60, notify=notify
     ) == {msg.msg_id}
 
@@ -161,7 +163,7 @@ def test_a_retry_while_connecting_hangs_does_not_hold_up_waits(database, monkeyp
         time.sleep(3.0)  # as long as a connect to an unresponsive host can take
         return REAL_CONNECT(alias, **kwargs)
 
-    monkeypatch.setattr(claim, "worker_connection", slow)
+    monkeypatch.setattr(db_connection, "worker_connection", slow)
     time.sleep(0.05)
     for _ in range(3):
         started = time.monotonic()

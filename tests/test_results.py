@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from pg_queue import results
-from pg_queue.exceptions import WaitInTransactionError
+from pg_queue.core.exceptions import WaitInTransactionError
 from pg_queue.models import QueueMessage
 from pg_queue.producer import call, enqueue
 from pg_queue.results import TaskHandle

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from pg_queue import producer
-from pg_queue.exceptions import DuplicateTaskId
+from pg_queue.core.exceptions import DuplicateTaskId
 from pg_queue.models import QueueMessage, TaskResult
 from pg_queue.producer import call, enqueue, enqueue_many, job
 from tests.payload_echo import echo

@@ -2,7 +2,7 @@
 workers.
 
 Raw rows are never edited here: a saved form would write stale copies of columns a worker owns
-(``vt``, ``lease_token``). Every change is an action from ``pg_queue.operations`` (set-based,
+(``vt``, ``lease_token``). Every change is an action from ``pg_queue.ops.operations`` (set-based,
 whatever the number of rows), checked against Django's model permissions (``change`` for run
 now / priority / cancel / requeue, ``delete`` for discard) and recorded as ``LogEntry`` rows in
 one batch: who did what to which job. List pages run a fixed number of queries, however many

@@ -16,7 +16,6 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from pg_queue import masking, operations, overview
 from pg_queue.admin.base import (
     BOTH,
     CONFIRM_SAMPLE,
@@ -33,7 +32,8 @@ from pg_queue.admin.base import (
     _short,
 )
 from pg_queue.models import MessageState, QueueMessage
-from pg_queue.overview import format_age
+from pg_queue.ops import masking, operations, overview
+from pg_queue.ops.overview import format_age
 
 #: Longest auto-refresh period of the overview (``?refresh=N``), in seconds.
 MAX_REFRESH_SECONDS = 3600

@@ -14,7 +14,6 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from pg_queue import masking, operations, overview
 from pg_queue.admin.base import (
     BOTH,
     CONFIRM_SAMPLE,
@@ -28,7 +27,8 @@ from pg_queue.admin.base import (
     _short,
 )
 from pg_queue.models import DeadLetter, MessageState, QueueMessage, TaskResult, Worker
-from pg_queue.overview import format_age
+from pg_queue.ops import masking, operations, overview
+from pg_queue.ops.overview import format_age
 
 # --- dead letters ------------------------------------------------------------------------------
 

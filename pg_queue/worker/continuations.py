@@ -16,12 +16,11 @@ from typing import Any
 
 import psycopg
 
-from pg_queue import claim, sql
-from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
-from pg_queue.jobspec import JobSpec
-from pg_queue.payload import ContinuationSpec, loads
+from pg_queue.core.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.core.options import EnqueueOptions, JobSpec
+from pg_queue.core.payload import ContinuationSpec, loads
+from pg_queue.db import queries, sql
 from pg_queue.producer import bulk_params
-from pg_queue.registry import EnqueueOptions
 
 logger = logging.getLogger("pg_queue.worker")
 
@@ -70,7 +69,7 @@ def enqueue_continuations(
         return 0
     try:
         with conn.transaction():
-            claim.message_insert_many(conn, bulk_params([spec for _, spec in specs]))
+            queries.message_insert_many(conn, bulk_params([spec for _, spec in specs]))
             if queue_settings().notify:
                 for queue in sorted({spec.options.queue or "" for _, spec in specs}):
                     conn.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})

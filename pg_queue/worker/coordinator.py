@@ -21,12 +21,13 @@ from typing import Any
 
 import psycopg
 
-from pg_queue import claim, metrics
-from pg_queue.conf import QueueSettings
-from pg_queue.exceptions import PayloadError, TaskNotFound
+from pg_queue import metrics
+from pg_queue.core.conf import QueueSettings
+from pg_queue.core.exceptions import PayloadError, TaskNotFound
+from pg_queue.core.outcomes import Bury, Cancelled, ClaimedMessage, storable_text
+from pg_queue.core.payload import TaskPayload, loads
+from pg_queue.db import queries
 from pg_queue.models import DeadLetterReason
-from pg_queue.outcomes import Bury, Cancelled, ClaimedMessage, storable_text
-from pg_queue.payload import TaskPayload, loads
 from pg_queue.registry import resolve
 from pg_queue.worker.continuations import lenient_on_error
 from pg_queue.worker.execution import CANCELLED_BEFORE_START, Job, time_limit_of
@@ -94,7 +95,7 @@ class Coordinator:
         # claim (measured: ~2 wasted claims per job under request-reply traffic).
         self.wake_on_finish = True
         self._last_claim_full = False
-        # Queues named by NOTIFYs since the last claim. After a short claim (every queue was
+        # Queues named by NOTIFYs since the last queries. After a short claim (every queue was
         # drained) only these can have new immediate jobs, so a multi-queue worker woken by
         # one queue's NOTIFY claims that queue alone instead of paying an empty claim per queue.
         # Due delayed jobs and retries send no NOTIFY: every queue is still claimed at least
@@ -228,7 +229,7 @@ class Coordinator:
         if not self.burst:
             return False
         assert self.conn is not None
-        return not claim.message_due_soon(
+        return not queries.message_due_soon(
             self.conn,
             queues=list(self.queues),
             lookahead=self.conf.burst_lookahead,
@@ -267,7 +268,7 @@ class Coordinator:
             if limit - total <= 0:
                 break
             self.stats.claim_queries += 1
-            messages = claim.message_claim(
+            messages = queries.message_claim(
                 self.conn,
                 queue=queue_name,
                 limit=limit - total,
@@ -333,6 +334,6 @@ class Coordinator:
         """On stop, hand prefetched jobs that no thread has started back, attempt refunded."""
         unstarted = {job.msg.msg_id: job.msg.lease_token for job in self.pool.take_unstarted()}
         if unstarted and self.conn is not None:
-            released = claim.message_release(self.conn, unstarted)
+            released = queries.message_release(self.conn, unstarted)
             self.stats.released += len(released)
         self.inflight.remove(set(unstarted))

@@ -34,9 +34,9 @@ from typing import Any
 
 import psycopg
 
-from pg_queue import claim, sql
-from pg_queue.conf import NOTIFY_CHANNEL, queue_settings
-from pg_queue.notify import Listener
+from pg_queue.core.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.db import connection, queries, sql
+from pg_queue.db.notify import Listener
 from pg_queue.worker.coordinator import Coordinator
 from pg_queue.worker.events import Events
 from pg_queue.worker.finisher import Finisher
@@ -207,7 +207,7 @@ class Worker:
         self._detect_pooling()
         self.coordinator.conn = self._connect()
         self._register()
-        no_vacuum = claim.vacuum_warning(self.coordinator.conn)
+        no_vacuum = queries.vacuum_warning(self.coordinator.conn)
         if no_vacuum:
             logger.warning(
                 "%s: every job leaves two dead row versions in pg_queue_message, so the table "
@@ -303,10 +303,10 @@ class Worker:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return claim.worker_connection(self.database, pooled=self.pooled)
+        return connection.worker_connection(self.database, pooled=self.pooled)
 
     def _listen_connection(self) -> psycopg.Connection[Any]:
-        return claim.worker_connection(self.database, pooled=True)  # LISTEN needs no SET
+        return connection.worker_connection(self.database, pooled=True)  # LISTEN needs no SET
 
     def _detect_pooling(self) -> None:
         """Start the NOTIFY listener, or just probe: is a transaction pooler in front?"""
@@ -318,7 +318,7 @@ class Worker:
             listener.stop()
             self.pooled = True
         else:
-            self.pooled = claim.transaction_pooling(self.database)
+            self.pooled = connection.transaction_pooling(self.database)
         if self.pooled:
             self.finisher.notify_results = False
             logger.warning(
@@ -359,7 +359,7 @@ class Worker:
             abandoned = self.inflight.leases()
             if abandoned:
                 started = self.pool.running_ids()
-                released = claim.message_release(conn, abandoned, started=started)
+                released = queries.message_release(conn, abandoned, started=started)
                 self.stats.released += len(released)
                 logger.warning(
                     "released unfinished jobs at shutdown worker_id=%s count=%d started=%d",

@@ -22,11 +22,10 @@ from typing import Any
 from django.db import close_old_connections
 
 from pg_queue.celery_compat import run_celery_task
-from pg_queue.conf import queue_settings
-from pg_queue.context import JobContext
-from pg_queue.exceptions import PayloadError, Reject, Retry
-from pg_queue.models import DeadLetterReason
-from pg_queue.outcomes import (
+from pg_queue.core.conf import queue_settings
+from pg_queue.core.context import JobContext
+from pg_queue.core.exceptions import PayloadError, Reject, Retry
+from pg_queue.core.outcomes import (
     Bury,
     Cancelled,
     ClaimedMessage,
@@ -35,8 +34,9 @@ from pg_queue.outcomes import (
     Success,
     storable_text,
 )
-from pg_queue.payload import TaskPayload, coerce_json, dumps, validate_delay
-from pg_queue.registry import Task
+from pg_queue.core.payload import TaskPayload, coerce_json, dumps, validate_delay
+from pg_queue.models import DeadLetterReason
+from pg_queue.tasks import Task
 
 logger = logging.getLogger("pg_queue.worker")
 

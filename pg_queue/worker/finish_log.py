@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from pg_queue import metrics
-from pg_queue.outcomes import Bury, ClaimedMessage, Outcome, RetryLater, Success
+from pg_queue.core.outcomes import Bury, ClaimedMessage, Outcome, RetryLater, Success
 from pg_queue.signals import job_failed
 from pg_queue.worker.events import Events
 from pg_queue.worker.stats import WorkerStats

@@ -31,11 +31,12 @@ from typing import Any
 
 import psycopg
 
-from pg_queue import claim, metrics
-from pg_queue.conf import QueueSettings
-from pg_queue.jobspec import JobSpec
+from pg_queue import metrics
+from pg_queue.core.conf import QueueSettings
+from pg_queue.core.options import JobSpec
+from pg_queue.core.outcomes import Bury, Cancelled, Outcome, RetryLater, Success, storable_text
+from pg_queue.db import queries
 from pg_queue.models import DeadLetterReason
-from pg_queue.outcomes import Bury, Cancelled, Outcome, RetryLater, Success, storable_text
 from pg_queue.worker.continuations import enqueue_continuations, error_spec, success_spec
 from pg_queue.worker.events import Events
 from pg_queue.worker.finish_log import FinishLog
@@ -285,12 +286,12 @@ class Finisher(Service):
         notify = self.notify_results
         kind = type(items[0])
         if kind is Success:
-            return claim.message_ack(conn, items, ttl=ttl, notify=notify)
+            return queries.message_ack(conn, items, ttl=ttl, notify=notify)
         if kind is RetryLater:
-            return claim.message_retry(conn, items)
+            return queries.message_retry(conn, items)
         if kind is Bury:
-            return claim.message_bury(conn, items, ttl=ttl, notify=notify)
-        return claim.message_cancel(conn, items, ttl=ttl, notify=notify)
+            return queries.message_bury(conn, items, ttl=ttl, notify=notify)
+        return queries.message_cancel(conn, items, ttl=ttl, notify=notify)
 
     @staticmethod
     def _continuations(items: list[Any], written: set[int]) -> list[tuple[uuid.UUID, JobSpec]]:

@@ -20,8 +20,9 @@ from typing import Any
 
 import psycopg
 
-from pg_queue import claim, metrics, sql
-from pg_queue.conf import QueueSettings
+from pg_queue import metrics
+from pg_queue.core.conf import QueueSettings
+from pg_queue.db import queries, sql
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.service import Service
 from pg_queue.worker.stats import WorkerStats
@@ -101,7 +102,7 @@ class Heartbeat(Service):
         held = self.inflight.leases()  # a snapshot: no lock is held across the round trip
         if not held:
             return
-        renewal = claim.lease_renew(conn, held, lease=self.conf.lease_seconds)
+        renewal = queries.lease_renew(conn, held, lease=self.conf.lease_seconds)
         lost = self.inflight.reconcile(held, renewal.lost, renewal.cancel_requested)
         if renewal.busy:
             logger.warning(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 
-from pg_queue.outcomes import ClaimedMessage
+from pg_queue.core.outcomes import ClaimedMessage
 
 
 class InFlight:

@@ -24,9 +24,10 @@ from typing import Any
 
 import psycopg
 
-from pg_queue import claim, metrics, sql
-from pg_queue.conf import QueueSettings
-from pg_queue.jobspec import JobSpec
+from pg_queue import metrics
+from pg_queue.core.conf import QueueSettings
+from pg_queue.core.options import JobSpec
+from pg_queue.db import queries, sql
 from pg_queue.models import DeadLetterReason
 from pg_queue.signals import job_failed
 from pg_queue.worker.continuations import enqueue_continuations, error_spec, lenient_on_error
@@ -111,7 +112,7 @@ class Maintenance(Service):
         deadline = time.monotonic() + PASS_BUDGET
         rearmed = buried = 0
         while not self.stopping.is_set():
-            got = claim.message_rearm(conn, limit=REARM_BATCH)
+            got = queries.message_rearm(conn, limit=REARM_BATCH)
             rearmed += got
             if got < REARM_BATCH or time.monotonic() >= deadline:
                 break
@@ -137,7 +138,7 @@ class Maintenance(Service):
     def _rearm_exhausted(self, conn: psycopg.Connection[Any]) -> int:
         """Dead-letter expired last attempts; fire their on_error in the same transaction."""
         with conn.transaction():
-            rows = claim.message_rearm_exhausted(
+            rows = queries.message_rearm_exhausted(
                 conn,
                 limit=REARM_BATCH,
                 ttl=float(self.conf.result_ttl_seconds),
@@ -167,7 +168,7 @@ class Maintenance(Service):
         conn = self._connection()
         deadline = time.monotonic() + PASS_BUDGET
         while not self.stopping.is_set():
-            deleted = claim.result_sweep(conn, limit=SWEEP_BATCH)
+            deleted = queries.result_sweep(conn, limit=SWEEP_BATCH)
             self.stats.swept += deleted
             if deleted < SWEEP_BATCH or time.monotonic() >= deadline:
                 return

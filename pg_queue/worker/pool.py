@@ -27,7 +27,7 @@ from typing import Any
 from django.db import connections
 
 from pg_queue import metrics
-from pg_queue.outcomes import Outcome
+from pg_queue.core.outcomes import Outcome
 from pg_queue.worker.execution import Job, error_text, failure_outcome, run_job
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.service import Service, record_thread_error

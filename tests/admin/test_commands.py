@@ -11,8 +11,8 @@ import uuid
 import pytest
 from django.core.management import CommandError, call_command
 
+from pg_queue.core.payload import ContinuationSpec
 from pg_queue.models import DeadLetter, QueueMessage, TaskResult
-from pg_queue.payload import ContinuationSpec
 from pg_queue.producer import enqueue
 from tests.admin import factory
 from tests.conftest import REPO_ROOT
@@ -182,7 +182,7 @@ def test_purge_refuses_bad_input():
 
 
 def test_purge_deletes_in_chunks(monkeypatch):
-    from pg_queue import operations
+    from pg_queue.ops import operations
 
     monkeypatch.setattr(operations, "ACTION_CHUNK", 7)
     factory.messages(30, queue="bulk")

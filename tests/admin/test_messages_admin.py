@@ -10,8 +10,8 @@ from django.db import connection
 from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
+from pg_queue.core.payload import ContinuationSpec
 from pg_queue.models import QueueMessage, TaskResult
-from pg_queue.payload import ContinuationSpec
 from pg_queue.producer import enqueue
 from tests.admin import factory
 
@@ -311,7 +311,7 @@ def test_message_pages_are_denied_without_staff_or_permission(client, staff_clie
 
 
 def test_cancel_by_task_id_of_an_unknown_job_reports_not_found():
-    from pg_queue.operations import messages_cancel
+    from pg_queue.ops.operations import messages_cancel
 
     report = messages_cancel(task_ids=[uuid.uuid4()], actor="ops")
     assert report.not_found

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from pg_queue.overview import STUCK_READY_SECONDS, queue_overview
+from pg_queue.ops.overview import STUCK_READY_SECONDS, queue_overview
 from tests.admin import factory
 
 pytestmark = pytest.mark.django_db

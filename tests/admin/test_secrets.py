@@ -6,7 +6,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from pg_queue.masking import MASK, is_secret_key, mask_secrets
+from pg_queue.ops.masking import MASK, is_secret_key, mask_secrets
 
 
 @pytest.mark.parametrize(

@@ -248,7 +248,7 @@ class Db:
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> psycopg.Connection[Any]:
-        from pg_queue.claim import worker_connection
+        from pg_queue.db.connection import worker_connection
 
         if self._conn is None or self._conn.closed:
             self._conn = worker_connection()

@@ -14,7 +14,7 @@ from typing import Any
 from django.dispatch import receiver
 
 from pg_queue import task
-from pg_queue.exceptions import Retry
+from pg_queue.core.exceptions import Retry
 from pg_queue.signals import job_failed
 from tests.delivery.tasks import _execute
 

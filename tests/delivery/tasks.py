@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from pg_queue import JobContext, Retry, task
-from pg_queue.claim import worker_connection
+from pg_queue.db.connection import worker_connection
 
 #: Base b of ``fails_while_flagged``'s retry backoff (seconds): after attempt n it waits
 #: between b*2**(n-1)/2 and b*2**(n-1).

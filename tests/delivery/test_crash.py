@@ -19,7 +19,8 @@ import uuid
 import pytest
 from django.db import connection
 
-from pg_queue import claim
+from pg_queue.db import connection as db_connection
+from pg_queue.db import queries
 from pg_queue.producer import enqueue, enqueue_many
 from tests.delivery import tasks
 from tests.delivery.conftest import LEASE, REARM, Db, Workers, outcome_counts
@@ -266,8 +267,8 @@ def test_workers_survive_postgres_restart(pgdb, workers):
 def test_burst_worker_waits_for_a_dead_workers_claims(pgdb, workers, queue_name):
     """A burst worker started after a crash must finish the crashed worker's jobs."""
     handle = enqueue("workers.tasks.echo", [5], queue=queue_name)
-    with claim.worker_connection() as dead:
-        got = claim.message_claim(
+    with db_connection.worker_connection() as dead:
+        got = queries.message_claim(
             dead, queue=queue_name, limit=1, lease=1.0, worker_id="crashed-worker"
         )
     assert len(got) == 1

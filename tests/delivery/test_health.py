@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from pg_queue.claim import worker_connection
+from pg_queue.db.connection import worker_connection
 from pg_queue.producer import enqueue
 from tests.delivery.conftest import Db, Workers
 from tests.delivery.test_supervisor import free_port, http_get, live_workers, sample

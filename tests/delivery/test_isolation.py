@@ -123,7 +123,7 @@ def test_operator_lock_on_one_claimed_row_does_not_stop_the_other_renewals(pgdb,
         timeout=30,
         what="both long jobs to start",
     )
-    from pg_queue.claim import worker_connection
+    from pg_queue.db.connection import worker_connection
 
     with worker_connection() as operator:
         operator.autocommit = False
@@ -149,7 +149,7 @@ def test_operator_lock_on_one_claimed_row_does_not_stop_the_other_renewals(pgdb,
 
 
 def test_worker_connections_carry_lock_and_statement_timeouts(transactional_db, settings):
-    from pg_queue.claim import worker_connection
+    from pg_queue.db.connection import worker_connection
 
     settings.PG_QUEUE = {**settings.PG_QUEUE, "LOCK_TIMEOUT": 1.5, "STATEMENT_TIMEOUT": 2}
     with worker_connection() as conn:
@@ -198,7 +198,7 @@ def test_time_limits_fire_on_their_own_timer_while_the_claim_loop_is_blocked(pgd
         timeout=30,
         what="the overrunning job to start",
     )
-    from pg_queue.claim import worker_connection
+    from pg_queue.db.connection import worker_connection
 
     with worker_connection() as blocker:
         blocker.autocommit = False

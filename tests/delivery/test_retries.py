@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pg_queue.dead_letters import requeue_dead_letter
+from pg_queue.ops.dead_letters import requeue_dead_letter
 from tests.delivery import tasks
 from tests.delivery.conftest import Db, Workers, outcome_counts
 

@@ -292,7 +292,7 @@ def pg_queue_settings(**changes: Any) -> Iterator[None]:
     from django.conf import settings
     from django.test import override_settings
 
-    from pg_queue.flags import reset_provider
+    from pg_queue.routing.flags import reset_provider
 
     try:
         with override_settings(PG_QUEUE={**settings.PG_QUEUE, **changes}):

@@ -14,9 +14,9 @@ import uuid
 import pytest
 from celery import signature
 
-from pg_queue import claim
+from pg_queue.core.payload import ContinuationSpec
+from pg_queue.db import connection, queries
 from pg_queue.models import DeadLetter, QueueMessage, TaskResult
-from pg_queue.payload import ContinuationSpec
 from pg_queue.producer import enqueue
 from tests.routing.conftest import flag_off, flag_on, insert_raw_message, wait_for
 
@@ -153,8 +153,8 @@ def test_lease_expired_on_the_last_attempt_fires_on_error(queues, pg_worker):
             task_name="workers.tasks.on_failed", queue=queues.callbacks, kwargs={"label": tag}
         ),
     )
-    with claim.worker_connection() as conn:
-        taken = claim.message_claim(
+    with connection.worker_connection() as conn:
+        taken = queries.message_claim(
             conn, queue=parked, limit=1, lease=0.2, worker_id="worker-that-died"
         )
     assert [m.task_id for m in taken] == [handle.task_id]

@@ -73,8 +73,16 @@ def final(execution_id: Any) -> Execution:
 
 
 def assert_released(execution_id: Any) -> None:
-    assert not ExecutionSlot.objects.filter(execution_id=execution_id).exists()
-    assert not staged_input_path(str(execution_id)).parent.exists()
+    """The slot is released and the input deleted. finish_execution moves the status first
+    and cleans up right after, so a test that saw the final status may be a moment early."""
+    wait_for(
+        lambda: (
+            not ExecutionSlot.objects.filter(execution_id=execution_id).exists()
+            and not staged_input_path(str(execution_id)).parent.exists()
+        ),
+        FINISH_WAIT,
+        f"execution {execution_id} to release its slot and delete its input",
+    )
 
 
 # --- end to end, both transports ---------------------------------------------------------------

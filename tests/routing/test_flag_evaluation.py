@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pg_queue.flags import _bucket, use_postgres
+from pg_queue.routing.flags import _bucket, use_postgres
 from tests.routing.conftest import flag_off, flag_on, pg_queue_settings
 
 TASK = "workers.tasks.celery_multiply"

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pg_queue import bench
-from pg_queue.conf import queue_settings
+from pg_queue.bench import runner as bench
+from pg_queue.core.conf import queue_settings
 
 WORKLOADS = ("drain", "enqueue", "latency", "rpc", "scale", "all")
 DEFAULT_N = {"drain": 20_000, "enqueue": 5_000, "latency": 1_000, "rpc": 500, "scale": 1_000_000}

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from pg_queue.operations import messages_cancel
+from pg_queue.ops.operations import messages_cancel
 
 
 def default_actor() -> str:

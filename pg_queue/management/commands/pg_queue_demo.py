@@ -43,7 +43,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from pg_queue.producer import JobSpec, enqueue_many, job
+from pg_queue.core.options import JobSpec
+from pg_queue.db import sql_ops
+from pg_queue.producer import enqueue_many, job
 
 #: Module whose tasks the demo enqueues; the worker imports it with ``--include``.
 DEFAULT_TASKS_MODULE = "workers.demo_tasks"
@@ -68,54 +70,6 @@ LATENCY_NOTE = (
 #: Out of every 20 jobs: 12 fast, 4 slow, 3 flaky (then fine), 1 doomed (dead-lettered).
 MIX_CYCLE = 20
 FAST_UNTIL, SLOW_UNTIL, FLAKY_UNTIL = 12, 16, 19
-
-# Cold-path SQL of the demo itself (the queue's own SQL lives in pg_queue/sql.py).
-
-FINISHED_COUNT_SQL = """
-SELECT
-    (SELECT count(*) FROM (
-        SELECT task_id FROM pg_task_result WHERE queue_name = %(queue)s
-        UNION
-        SELECT task_id FROM pg_queue_dead_letter WHERE queue_name = %(queue)s
-    ) AS finished),
-    (SELECT count(*) FROM pg_queue_dead_letter WHERE queue_name = %(queue)s)
-"""
-
-SUMMARY_SQL = """
-SELECT
-    count(*),
-    count(*) FILTER (WHERE status = 'succeeded'),
-    count(*) FILTER (WHERE status = 'failed'),
-    COALESCE(sum(attempts - 1), 0),
-    percentile_cont(0.5) WITHIN GROUP (
-        ORDER BY extract(epoch FROM started_at - enqueued_at)::float8) * 1000,
-    percentile_cont(0.99) WITHIN GROUP (
-        ORDER BY extract(epoch FROM started_at - enqueued_at)::float8) * 1000,
-    extract(epoch FROM max(finished_at) - min(started_at))::float8,
-    extract(epoch FROM min(started_at) - min(enqueued_at))::float8 * 1000,
-    (SELECT count(*) FROM pg_queue_dead_letter WHERE queue_name = %(queue)s),
-    (SELECT count(*) FROM pg_queue_message WHERE queue_name = %(queue)s)
-FROM pg_task_result
-WHERE queue_name = %(queue)s
-"""
-
-PER_TASK_SQL = """
-SELECT task_name,
-       count(*),
-       count(*) FILTER (WHERE status = 'succeeded'),
-       count(*) FILTER (WHERE status = 'failed'),
-       COALESCE(sum(attempts - 1), 0)
-FROM pg_task_result
-WHERE queue_name = %(queue)s
-GROUP BY task_name
-ORDER BY task_name
-"""
-
-CLEAR_SQL = (
-    "DELETE FROM pg_queue_message WHERE queue_name = %(queue)s",
-    "DELETE FROM pg_task_result WHERE queue_name = %(queue)s",
-    "DELETE FROM pg_queue_dead_letter WHERE queue_name = %(queue)s",
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,7 +270,7 @@ def _describe_database() -> str:
 def _clear_demo_rows() -> None:
     """Remove earlier demo runs' rows: the demo queue's messages, results and dead letters only."""
     with transaction.atomic(), connection.cursor() as cursor:
-        for statement in CLEAR_SQL:
+        for statement in sql_ops.QUEUE_CLEAR:
             cursor.execute(statement, {"queue": DEMO_QUEUE})
 
 
@@ -388,7 +342,7 @@ def _worker_command(module: str, concurrency: int) -> list[str]:
 def _finished_count() -> tuple[int, int]:
     """(jobs with an outcome, dead letters) for the demo queue."""
     with connection.cursor() as cursor:
-        cursor.execute(FINISHED_COUNT_SQL, {"queue": DEMO_QUEUE})
+        cursor.execute(sql_ops.DEMO_FINISHED_COUNT, {"queue": DEMO_QUEUE})
         row = cursor.fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
@@ -396,7 +350,7 @@ def _finished_count() -> tuple[int, int]:
 
 def _summary() -> Summary:
     with connection.cursor() as cursor:
-        cursor.execute(SUMMARY_SQL, {"queue": DEMO_QUEUE})
+        cursor.execute(sql_ops.DEMO_SUMMARY, {"queue": DEMO_QUEUE})
         row = cursor.fetchone()
     assert row is not None
     return Summary(
@@ -451,7 +405,7 @@ def _per_task_table(module: str) -> Table:
     for name in ("jobs", "succeeded", "failed", "retries"):
         table.add_column(name, justify="right")
     with connection.cursor() as cursor:
-        cursor.execute(PER_TASK_SQL, {"queue": DEMO_QUEUE})
+        cursor.execute(sql_ops.DEMO_PER_TASK, {"queue": DEMO_QUEUE})
         for name, jobs, ok, failed, retries in cursor.fetchall():
             short = Text(name.removeprefix(f"{module}."))  # a name, never markup
             table.add_row(short, f"{jobs:,}", f"{ok:,}", f"{failed:,}", f"{int(retries):,}")

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from pg_queue.models import QueueMessage
-from pg_queue.operations import PURGE_STATES, messages_purge, messages_purge_count
+from pg_queue.ops.operations import PURGE_STATES, messages_purge, messages_purge_count
 
 #: What each --state covers, in words (for the report).
 STATE_WORDS = {

@@ -16,7 +16,7 @@ from django.db.models import Count, DateTimeField, ExpressionWrapper, QuerySet, 
 from django.db.models.functions import Now
 
 from pg_queue.models import DeadLetter
-from pg_queue.operations import dead_letters_requeue
+from pg_queue.ops.operations import dead_letters_requeue
 
 #: Lines of the per (queue, task, reason) breakdown.
 BREAKDOWN_LINES = 20

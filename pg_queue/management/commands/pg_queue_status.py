@@ -27,7 +27,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pg_queue.overview import STUCK_READY_SECONDS, Overview, QueueStats, format_age, queue_overview
+from pg_queue.ops.overview import (
+    STUCK_READY_SECONDS,
+    Overview,
+    QueueStats,
+    format_age,
+    queue_overview,
+)
 
 #: Width of the table when the output is not a terminal (a file, a pipe, a test).
 PLAIN_WIDTH = 150

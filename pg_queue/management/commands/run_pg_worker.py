@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from pg_queue.conf import queue_settings
+from pg_queue.core.conf import queue_settings
 from pg_queue.registry import celery_app, import_task_modules, native_tasks
 from pg_queue.worker import Worker, parse_queues
 from pg_queue.worker.core import DEFAULT_SHUTDOWN_GRACE, EXIT_TIME_LIMIT

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from pg_queue.exceptions import PayloadError
+from pg_queue.core.exceptions import PayloadError
 
 _SCALARS = (str, int, bool, type(None))
 #: The signed 64-bit range: what every decoder (orjson, PostgreSQL's bigint) agrees on.

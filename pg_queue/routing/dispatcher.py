@@ -25,13 +25,13 @@ from typing import Any
 from django.db import IntegrityError, connections, transaction
 
 from pg_queue import results
-from pg_queue.conf import queue_settings
-from pg_queue.flags import FlagDecision, use_postgres
+from pg_queue.core.conf import queue_settings
+from pg_queue.core.payload import ContinuationSpec, coerce_json
 from pg_queue.jobspec import QUEUE_NAME_MAX, TASK_NAME_MAX, new_task_id
 from pg_queue.models import RoutingPin, Transport
-from pg_queue.payload import ContinuationSpec, coerce_json
 from pg_queue.producer import enqueue_spec, job
 from pg_queue.results import armed_wait
+from pg_queue.routing.flags import FlagDecision, use_postgres
 
 logger = logging.getLogger("pg_queue.routing")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from django.db import connections, transaction
 
-from pg_queue import sql
+from pg_queue.db import sql
 
 
 def requeue_dead_letters(ids: Iterable[int], *, using: str = "default") -> list[uuid.UUID]:

@@ -14,7 +14,8 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from pg_queue.conf import queue_settings
+from pg_queue.core.conf import queue_settings
+from pg_queue.db import sql_ops
 
 #: A queue whose oldest due job has waited longer than this (seconds) is shown red: nobody is
 #: draining it fast enough. Five minutes is long for interactive work and short enough to page
@@ -40,77 +41,9 @@ def format_age(seconds: float | None) -> str:
 
 # --- overview --------------------------------------------------------------------------------
 
-#: Everything per queue in one statement: live messages, recent outcomes, dead letters and live
-#: workers, each aggregated once over its table and joined on the queue name.
-QUEUE_OVERVIEW = """
-WITH msg AS (
-    SELECT queue_name,
-           count(*) FILTER (WHERE state = 'ready' AND available_at <= now()) AS ready,
-           count(*) FILTER (WHERE state = 'ready' AND available_at > now()) AS delayed,
-           count(*) FILTER (WHERE state = 'claimed') AS running,
-           count(*) FILTER (WHERE state = 'claimed' AND vt < now()) AS lease_expired,
-           count(*) FILTER (WHERE cancel_requested) AS cancel_requested,
-           EXTRACT(EPOCH FROM now() - min(available_at)
-                   FILTER (WHERE state = 'ready' AND available_at <= now()))::float8
-               AS oldest_ready_seconds
-    FROM pg_queue_message
-    GROUP BY queue_name
-), res AS (
-    SELECT queue_name,
-           count(*) FILTER (WHERE finished_at > now() - make_interval(mins => %(short)s))
-               AS finished_short,
-           count(*) FILTER (WHERE finished_at > now() - make_interval(mins => %(short)s)
-                            AND status = 'failed') AS failed_short,
-           count(*) AS finished_long,
-           count(*) FILTER (WHERE status = 'failed') AS failed_long
-    FROM pg_task_result
-    WHERE finished_at > now() - make_interval(mins => %(long)s)
-    GROUP BY queue_name
-), dead AS (
-    SELECT queue_name, count(*) AS dead_letters FROM pg_queue_dead_letter GROUP BY queue_name
-), wrk AS (
-    SELECT q.queue_name, count(*) AS workers
-    FROM pg_worker AS w
-    CROSS JOIN LATERAL jsonb_array_elements_text(
-        CASE WHEN jsonb_typeof(w.queues) = 'array' THEN w.queues ELSE '[]'::jsonb END
-    ) AS q(queue_name)
-    WHERE w.heartbeat_at > now() - make_interval(secs => %(stale)s)
-    GROUP BY q.queue_name
-), names AS (
-    SELECT queue_name FROM msg UNION SELECT queue_name FROM res
-    UNION SELECT queue_name FROM dead UNION SELECT queue_name FROM wrk
-)
-SELECT n.queue_name,
-       COALESCE(msg.ready, 0), COALESCE(msg.delayed, 0), COALESCE(msg.running, 0),
-       COALESCE(msg.lease_expired, 0), COALESCE(msg.cancel_requested, 0),
-       msg.oldest_ready_seconds,
-       COALESCE(res.finished_short, 0), COALESCE(res.failed_short, 0),
-       COALESCE(res.finished_long, 0), COALESCE(res.failed_long, 0),
-       COALESCE(dead.dead_letters, 0), COALESCE(wrk.workers, 0)
-FROM names AS n
-LEFT JOIN msg USING (queue_name)
-LEFT JOIN res USING (queue_name)
-LEFT JOIN dead USING (queue_name)
-LEFT JOIN wrk USING (queue_name)
-ORDER BY n.queue_name
-"""
 
 #: The first statement of the overview's own transaction: one snapshot for both statements.
 SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-
-#: Every worker row with its heartbeat age and in-flight count (one aggregate, not per row).
-WORKER_OVERVIEW = """
-SELECT w.worker_id, w.hostname, w.pid, w.queues, w.concurrency, w.state,
-       EXTRACT(EPOCH FROM now() - w.started_at)::float8,
-       EXTRACT(EPOCH FROM now() - w.heartbeat_at)::float8,
-       COALESCE(m.in_flight, 0), now()
-FROM pg_worker AS w
-LEFT JOIN (
-    SELECT worker_id, count(*) AS in_flight FROM pg_queue_message
-    WHERE state = 'claimed' GROUP BY worker_id
-) AS m USING (worker_id)
-ORDER BY w.hostname, w.worker_id
-"""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -251,9 +184,9 @@ def queue_overview(
     with transaction.atomic(using) if own else contextlib.nullcontext(), conn.cursor() as cursor:
         if own:
             cursor.execute(SNAPSHOT)
-        cursor.execute(QUEUE_OVERVIEW, {"short": short, "long": long, "stale": stale})
+        cursor.execute(sql_ops.QUEUE_OVERVIEW, {"short": short, "long": long, "stale": stale})
         queue_rows = cursor.fetchall()
-        cursor.execute(WORKER_OVERVIEW)
+        cursor.execute(sql_ops.WORKER_OVERVIEW)
         worker_rows = cursor.fetchall()
         if not worker_rows:
             cursor.execute("SELECT now()")

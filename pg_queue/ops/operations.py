@@ -1,11 +1,11 @@
 """Operator actions, shared by the admin and the management commands.
 
-The overview lives in ``pg_queue/overview.py`` and secret masking in ``pg_queue/masking.py``.
+The overview lives in ``ops/overview.py`` and secret masking in ``ops/masking.py``.
 
 Cold path: every function here is set-based (one statement per kind of change, whatever the
 number of rows) and runs on Django's connection, in the caller's transaction where one is open.
-The SQL is kept here as named blocks, next to the functions that run it; the hot path's SQL
-lives in ``pg_queue/sql.py``. Times come from the database clock (``now()``).
+Its SQL is in ``pg_queue/db/sql_ops.py`` (the hot path's in ``pg_queue/db/sql.py``). Times
+come from the database clock (``now()``).
 
 Who did it: functions that change jobs take an ``actor`` (an admin user name, or the command's
 ``--by``); the admin also writes Django ``LogEntry`` rows, the commands log a line.
@@ -16,20 +16,21 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from django.db import DatabaseError, connections, transaction
 
-from pg_queue.conf import RESULT_CHANNEL, queue_settings
-from pg_queue.dead_letters import requeue_dead_letters
+from pg_queue.core.conf import RESULT_CHANNEL, queue_settings
+from pg_queue.db import sql_ops
+from pg_queue.ops.dead_letters import requeue_dead_letters
 
 # Re-exported: the admin, the commands and the tests use them through this module.
 from pg_queue.producer import enqueue_many
 from pg_queue.worker.continuations import error_spec, lenient_on_error
 
-logger = logging.getLogger("pg_queue.operations")
+logger = logging.getLogger("pg_queue.ops.operations")
 
 #: Rows per statement for bulk operator actions: bounds one statement's lock footprint.
 ACTION_CHUNK = 5_000
@@ -40,13 +41,7 @@ ACTION_LOCK_TIMEOUT = "5s"
 
 #: States ``pg_queue_purge`` understands: due ready rows, delayed ready rows, both ("queued",
 #: the default: everything not running, like ``celery purge``), running rows, or all.
-PURGE_STATES: Mapping[str, str] = {
-    "ready": "state = 'ready' AND available_at <= now()",
-    "delayed": "state = 'ready' AND available_at > now()",
-    "queued": "state = 'ready'",
-    "claimed": "state = 'claimed'",
-    "all": "TRUE",
-}
+PURGE_STATES = sql_ops.MESSAGE_PURGE_WHERE
 
 
 # --- messages --------------------------------------------------------------------------------
@@ -60,60 +55,6 @@ class MessageRef(NamedTuple):
     task_name: str
     queue_name: str
     state: str
-
-
-#: Due-now for delayed rows only: a row already due keeps its place in the claim order.
-MESSAGE_RUN_NOW = """
-UPDATE pg_queue_message SET available_at = now()
-WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'ready' AND available_at > now()
-RETURNING msg_id, task_id, task_name, queue_name, state
-"""
-
-#: Priority matters to the claim of ready rows; a running row keeps it for its retries.
-MESSAGE_SET_PRIORITY = """
-UPDATE pg_queue_message SET priority = %(priority)s
-WHERE msg_id = ANY(%(ids)s::bigint[]) AND priority <> %(priority)s
-RETURNING msg_id, task_id, task_name, queue_name, state
-"""
-
-#: Lock the rows to cancel, so that none changes state (claimed, retried, acked) between our
-#: look and our change. In msg_id order, so two operators never deadlock each other.
-MESSAGE_LOCK_FOR_CANCEL = """
-SELECT msg_id, state FROM pg_queue_message
-WHERE msg_id = ANY(%(ids)s::bigint[]) OR task_id = ANY(%(task_ids)s::uuid[])
-ORDER BY msg_id
-FOR UPDATE
-"""
-
-#: Queued jobs: remove them and record a 'cancelled' outcome (first write wins), one statement.
-MESSAGE_CANCEL_QUEUED = """
-WITH gone AS (
-    DELETE FROM pg_queue_message
-    WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'ready'
-    RETURNING *
-), outcomes AS (
-    INSERT INTO pg_task_result (
-        task_id, status, result, error, traceback, task_name, queue_name, attempts,
-        enqueued_at, started_at, finished_at, expires_at
-    )
-    SELECT g.task_id, 'cancelled', NULL, %(error)s, '', g.task_name, g.queue_name, g.attempts,
-           g.enqueued_at, NULL, now(), now() + make_interval(secs => %(ttl)s)
-    FROM gone AS g
-    ON CONFLICT (task_id) DO NOTHING
-)
-SELECT msg_id, task_id, task_name, queue_name, state, payload FROM gone ORDER BY msg_id
-"""
-
-#: Running jobs: ask their worker to stop them at its next safe point.
-MESSAGE_REQUEST_CANCEL = """
-UPDATE pg_queue_message SET cancel_requested = true
-WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'claimed'
-RETURNING msg_id, task_id, task_name, queue_name, state
-"""
-
-#: Wake result waiters: one notification per payload (each under NOTIFY's 8000-byte limit),
-#: all sent by one statement and delivered at commit.
-RESULT_NOTIFY = "SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) AS p"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -141,7 +82,7 @@ def messages_run_now(msg_ids: Sequence[int], *, using: str = "default") -> list[
     changed: list[MessageRef] = []
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         for chunk in _chunks([int(i) for i in msg_ids]):
-            cursor.execute(MESSAGE_RUN_NOW, {"ids": list(chunk)})
+            cursor.execute(sql_ops.MESSAGE_RUN_NOW, {"ids": list(chunk)})
             changed += _refs(cursor.fetchall())
     return changed
 
@@ -167,7 +108,7 @@ def messages_set_priority(
     changed: list[MessageRef] = []
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         for chunk in _chunks([int(i) for i in msg_ids]):
-            cursor.execute(MESSAGE_SET_PRIORITY, {"ids": list(chunk), "priority": priority})
+            cursor.execute(sql_ops.MESSAGE_SET_PRIORITY, {"ids": list(chunk), "priority": priority})
             changed += _refs(cursor.fetchall())
     return changed
 
@@ -204,13 +145,13 @@ def messages_cancel(
     payloads: list[tuple[MessageRef, Any]] = []
     with transaction.atomic(using=using), conn.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = '{ACTION_LOCK_TIMEOUT}'")
-        cursor.execute(MESSAGE_LOCK_FOR_CANCEL, {"ids": ids, "task_ids": wanted})
+        cursor.execute(sql_ops.MESSAGE_LOCK_FOR_CANCEL, {"ids": ids, "task_ids": wanted})
         locked = cursor.fetchall()
         queued = [r[0] for r in locked if r[1] == "ready"]
         running = [r[0] for r in locked if r[1] == "claimed"]
         for chunk in _chunks(queued):
             cursor.execute(
-                MESSAGE_CANCEL_QUEUED,
+                sql_ops.MESSAGE_CANCEL_QUEUED,
                 {"ids": list(chunk), "error": error, "ttl": conf.result_ttl_seconds},
             )
             for row in cursor.fetchall():
@@ -218,13 +159,13 @@ def messages_cancel(
                 cancelled.append(ref)
                 payloads.append((ref, row[5]))
         for chunk in _chunks(running):
-            cursor.execute(MESSAGE_REQUEST_CANCEL, {"ids": list(chunk)})
+            cursor.execute(sql_ops.MESSAGE_REQUEST_CANCEL, {"ids": list(chunk)})
             requested += _refs(cursor.fetchall())
         continuations, continuation_error = _enqueue_on_error(payloads, error, using)
         if conf.notify and cancelled:
             done = [str(ref.task_id) for ref in cancelled]
             wake = [",".join(c) for c in _chunks(done, NOTIFY_IDS_PER_MESSAGE)]
-            cursor.execute(RESULT_NOTIFY, {"channel": RESULT_CHANNEL, "payloads": wake})
+            cursor.execute(sql_ops.RESULT_NOTIFY, {"channel": RESULT_CHANNEL, "payloads": wake})
     seen = {ref.task_id for ref in (*cancelled, *requested)}
     for ref in cancelled:
         logger.info(
@@ -293,10 +234,7 @@ def messages_purge_count(queue: str, state: str, *, using: str = "default") -> i
     """How many messages ``messages_purge`` would delete."""
     where = purge_where(state)
     with connections[using].cursor() as cursor:
-        cursor.execute(
-            f"SELECT count(*) FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}",
-            {"queue": queue},
-        )
+        cursor.execute(sql_ops.MESSAGE_PURGE_COUNT.format(where=where), {"queue": queue})
         (count,) = cursor.fetchone()
     return int(count)
 
@@ -309,11 +247,7 @@ def messages_purge(queue: str, state: str, *, using: str = "default") -> int:
     with an outcome.
     """
     where = purge_where(state)
-    statement = (
-        "DELETE FROM pg_queue_message WHERE msg_id IN ("
-        f" SELECT msg_id FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}"
-        " ORDER BY msg_id LIMIT %(limit)s FOR UPDATE)"
-    )
+    statement = sql_ops.MESSAGE_PURGE_CHUNK.format(where=where)
     deleted = 0
     while True:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
@@ -337,17 +271,6 @@ class DeadLetterRef(NamedTuple):
     reason: str
 
 
-DEAD_LETTER_REFS = """
-SELECT id, task_id, task_name, queue_name, reason FROM pg_queue_dead_letter
-WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
-"""
-
-DEAD_LETTER_DISCARD = """
-DELETE FROM pg_queue_dead_letter WHERE id = ANY(%(ids)s::bigint[])
-RETURNING id, task_id, task_name, queue_name, reason
-"""
-
-
 def _letter_refs(rows: Iterable[Sequence[Any]]) -> list[DeadLetterRef]:
     return [DeadLetterRef(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
@@ -364,7 +287,7 @@ def dead_letters_requeue(
     with transaction.atomic(using=using):
         for chunk in _chunks(sorted({int(i) for i in ids})):
             with connections[using].cursor() as cursor:
-                cursor.execute(DEAD_LETTER_REFS, {"ids": list(chunk)})
+                cursor.execute(sql_ops.DEAD_LETTER_REFS, {"ids": list(chunk)})
                 letters = _letter_refs(cursor.fetchall())
             back = set(requeue_dead_letters(chunk, using=using))
             for letter in letters:
@@ -377,6 +300,6 @@ def dead_letters_discard(ids: Sequence[int], *, using: str = "default") -> list[
     gone: list[DeadLetterRef] = []
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         for chunk in _chunks(sorted({int(i) for i in ids})):
-            cursor.execute(DEAD_LETTER_DISCARD, {"ids": list(chunk)})
+            cursor.execute(sql_ops.DEAD_LETTER_DISCARD, {"ids": list(chunk)})
             gone += _letter_refs(cursor.fetchall())
     return gone

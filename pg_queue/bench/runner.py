@@ -19,7 +19,8 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from pg_queue.bench_tasks import BENCH_QUEUE
+from pg_queue.bench.tasks import BENCH_QUEUE
+from pg_queue.db import sql_ops
 from pg_queue.producer import call, enqueue, enqueue_many, job
 
 NOOP, ECHO = "pg_queue.bench.noop", "pg_queue.bench.echo"
@@ -74,9 +75,8 @@ def _scalar(sql: str, params: Any = None) -> Any:
 def cleanup() -> None:
     """Remove every row the benchmark created (its own queue only)."""
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM pg_queue_message WHERE queue_name = %s", [BENCH_QUEUE])
-        cursor.execute("DELETE FROM pg_task_result WHERE queue_name = %s", [BENCH_QUEUE])
-        cursor.execute("DELETE FROM pg_queue_dead_letter WHERE queue_name = %s", [BENCH_QUEUE])
+        for statement in sql_ops.QUEUE_CLEAR:
+            cursor.execute(statement, {"queue": BENCH_QUEUE})
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE pg_queue_message")
 
@@ -93,7 +93,7 @@ class WorkerProcess:
             "--queues",
             BENCH_QUEUE,
             "--include",
-            "pg_queue.bench_tasks",
+            "pg_queue.bench.tasks",
             *([] if notify else ["--no-notify"]),
             *args,
         ]
@@ -118,7 +118,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited early: {self.stderr_tail()}")
-            found = _scalar("SELECT count(*) FROM pg_worker WHERE pid = %s", [self.proc.pid])
+            found = _scalar(sql_ops.BENCH_WORKER_UP, [self.proc.pid])
             if found:
                 time.sleep(0.5)  # let its listener finish the self-probe
                 return
@@ -177,7 +177,7 @@ def _bulk(task_name: str, n: int, start: int = 0, delay: float | None = None) ->
 
 def _deleted_rows() -> int:
     """Rows deleted from the message table so far (cumulative statistics; for progress)."""
-    value = _scalar("SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'pg_queue_message'")
+    value = _scalar(sql_ops.BENCH_MESSAGES_DELETED)
     return int(value or 0)
 
 
@@ -243,11 +243,7 @@ def workload_enqueue(n: int, progress: Progress | None = None) -> list[Figures]:
 
 def _task_latencies_ms(task_ids: list[str]) -> list[float]:
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT EXTRACT(EPOCH FROM started_at - enqueued_at) * 1000 FROM pg_task_result "
-            "WHERE task_id = ANY(%s::uuid[])",
-            [task_ids],
-        )
+        cursor.execute(sql_ops.BENCH_LATENCIES_MS, [task_ids])
         return [float(r[0]) for r in cursor.fetchall()]
 
 
@@ -268,13 +264,7 @@ def workload_latency(
             next_at += gap
             time.sleep(max(0.0, next_at - time.perf_counter()))
         deadline = time.monotonic() + 60
-        while (
-            time.monotonic() < deadline
-            and _scalar(
-                "SELECT count(*) FROM pg_task_result WHERE task_id = ANY(%s::uuid[])", [ids]
-            )
-            < n
-        ):
+        while time.monotonic() < deadline and _scalar(sql_ops.BENCH_FINISHED, [ids]) < n:
             time.sleep(0.05)
         lat = _task_latencies_ms(ids)
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pg_queue.registry import task
+from pg_queue.tasks import task
 
 BENCH_QUEUE = "pg_queue_bench"
 

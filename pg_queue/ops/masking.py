@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from pg_queue.conf import queue_settings
+from pg_queue.core.conf import queue_settings
 
 #: What a masked secret looks like in the admin.
 MASK = "********"

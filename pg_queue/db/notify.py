@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-logger = logging.getLogger("pg_queue.notify")
+logger = logging.getLogger("pg_queue.db.notify")
 
 #: Seconds the self-probe waits for its own NOTIFY.
 PROBE_TIMEOUT = 1.0

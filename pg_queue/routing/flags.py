@@ -27,7 +27,7 @@ from openfeature.provider import FeatureProvider
 from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 from prometheus_client import Counter
 
-from pg_queue.conf import queue_settings
+from pg_queue.core.conf import queue_settings
 
 logger = logging.getLogger("pg_queue.routing")
 

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pg_queue.payload import ContinuationSpec
+from pg_queue.core.payload import ContinuationSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,251 @@
+"""Every statement of the cold paths: operator actions, the overview, status reads, metrics.
+
+``pg_queue.db.sql`` holds the hot path (enqueue, claim, finish, leases, re-arm); this module the
+rest of the queue's own SQL, so that no other module spells queue SQL. Names are noun-first
+(``MESSAGE_RUN_NOW``, ``QUEUE_OVERVIEW``); parameters are named; times come from ``now()``.
+"""
+
+# --- operator actions (pg_queue.ops.operations) -------------------------------------------
+
+#: Due-now for delayed rows only: a row already due keeps its place in the claim order.
+MESSAGE_RUN_NOW = """
+UPDATE pg_queue_message SET available_at = now()
+WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'ready' AND available_at > now()
+RETURNING msg_id, task_id, task_name, queue_name, state
+"""
+
+#: Priority matters to the claim of ready rows; a running row keeps it for its retries.
+MESSAGE_SET_PRIORITY = """
+UPDATE pg_queue_message SET priority = %(priority)s
+WHERE msg_id = ANY(%(ids)s::bigint[]) AND priority <> %(priority)s
+RETURNING msg_id, task_id, task_name, queue_name, state
+"""
+
+#: Lock the rows to cancel, so that none changes state (claimed, retried, acked) between our
+#: look and our change. In msg_id order, so two operators never deadlock each other.
+MESSAGE_LOCK_FOR_CANCEL = """
+SELECT msg_id, state FROM pg_queue_message
+WHERE msg_id = ANY(%(ids)s::bigint[]) OR task_id = ANY(%(task_ids)s::uuid[])
+ORDER BY msg_id
+FOR UPDATE
+"""
+
+#: Queued jobs: remove them and record a 'cancelled' outcome (first write wins), one statement.
+MESSAGE_CANCEL_QUEUED = """
+WITH gone AS (
+    DELETE FROM pg_queue_message
+    WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'ready'
+    RETURNING *
+), outcomes AS (
+    INSERT INTO pg_task_result (
+        task_id, status, result, error, traceback, task_name, queue_name, attempts,
+        enqueued_at, started_at, finished_at, expires_at
+    )
+    SELECT g.task_id, 'cancelled', NULL, %(error)s, '', g.task_name, g.queue_name, g.attempts,
+           g.enqueued_at, NULL, now(), now() + make_interval(secs => %(ttl)s)
+    FROM gone AS g
+    ON CONFLICT (task_id) DO NOTHING
+)
+SELECT msg_id, task_id, task_name, queue_name, state, payload FROM gone ORDER BY msg_id
+"""
+
+#: Running jobs: ask their worker to stop them at its next safe point.
+MESSAGE_REQUEST_CANCEL = """
+UPDATE pg_queue_message SET cancel_requested = true
+WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'claimed'
+RETURNING msg_id, task_id, task_name, queue_name, state
+"""
+
+#: Wake result waiters: one notification per payload (each under NOTIFY's 8000-byte limit),
+#: all sent by one statement and delivered at commit.
+RESULT_NOTIFY = "SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) AS p"
+
+DEAD_LETTER_REFS = """
+SELECT id, task_id, task_name, queue_name, reason FROM pg_queue_dead_letter
+WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
+"""
+
+DEAD_LETTER_DISCARD = """
+DELETE FROM pg_queue_dead_letter WHERE id = ANY(%(ids)s::bigint[])
+RETURNING id, task_id, task_name, queue_name, reason
+"""
+
+#: What each ``pg_queue_purge --state`` means, as a condition on pg_queue_message. Only these
+#: fixed conditions are ever formatted into the two statements below (never user input).
+MESSAGE_PURGE_WHERE = {
+    "ready": "state = 'ready' AND available_at <= now()",
+    "delayed": "state = 'ready' AND available_at > now()",
+    "queued": "state = 'ready'",
+    "claimed": "state = 'claimed'",
+    "all": "TRUE",
+}
+
+MESSAGE_PURGE_COUNT = """
+SELECT count(*) FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}
+"""
+
+#: One chunk of a purge (each its own short transaction), in msg_id order.
+MESSAGE_PURGE_CHUNK = """
+DELETE FROM pg_queue_message WHERE msg_id IN (
+    SELECT msg_id FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}
+    ORDER BY msg_id LIMIT %(limit)s FOR UPDATE
+)
+"""
+
+# --- the overview (pg_queue.ops.overview) ---------------------------------------------------
+
+#: Everything per queue in one statement: live messages, recent outcomes, dead letters and live
+#: workers, each aggregated once over its table and joined on the queue name.
+QUEUE_OVERVIEW = """
+WITH msg AS (
+    SELECT queue_name,
+           count(*) FILTER (WHERE state = 'ready' AND available_at <= now()) AS ready,
+           count(*) FILTER (WHERE state = 'ready' AND available_at > now()) AS delayed,
+           count(*) FILTER (WHERE state = 'claimed') AS running,
+           count(*) FILTER (WHERE state = 'claimed' AND vt < now()) AS lease_expired,
+           count(*) FILTER (WHERE cancel_requested) AS cancel_requested,
+           EXTRACT(EPOCH FROM now() - min(available_at)
+                   FILTER (WHERE state = 'ready' AND available_at <= now()))::float8
+               AS oldest_ready_seconds
+    FROM pg_queue_message
+    GROUP BY queue_name
+), res AS (
+    SELECT queue_name,
+           count(*) FILTER (WHERE finished_at > now() - make_interval(mins => %(short)s))
+               AS finished_short,
+           count(*) FILTER (WHERE finished_at > now() - make_interval(mins => %(short)s)
+                            AND status = 'failed') AS failed_short,
+           count(*) AS finished_long,
+           count(*) FILTER (WHERE status = 'failed') AS failed_long
+    FROM pg_task_result
+    WHERE finished_at > now() - make_interval(mins => %(long)s)
+    GROUP BY queue_name
+), dead AS (
+    SELECT queue_name, count(*) AS dead_letters FROM pg_queue_dead_letter GROUP BY queue_name
+), wrk AS (
+    SELECT q.queue_name, count(*) AS workers
+    FROM pg_worker AS w
+    CROSS JOIN LATERAL jsonb_array_elements_text(
+        CASE WHEN jsonb_typeof(w.queues) = 'array' THEN w.queues ELSE '[]'::jsonb END
+    ) AS q(queue_name)
+    WHERE w.heartbeat_at > now() - make_interval(secs => %(stale)s)
+    GROUP BY q.queue_name
+), names AS (
+    SELECT queue_name FROM msg UNION SELECT queue_name FROM res
+    UNION SELECT queue_name FROM dead UNION SELECT queue_name FROM wrk
+)
+SELECT n.queue_name,
+       COALESCE(msg.ready, 0), COALESCE(msg.delayed, 0), COALESCE(msg.running, 0),
+       COALESCE(msg.lease_expired, 0), COALESCE(msg.cancel_requested, 0),
+       msg.oldest_ready_seconds,
+       COALESCE(res.finished_short, 0), COALESCE(res.failed_short, 0),
+       COALESCE(res.finished_long, 0), COALESCE(res.failed_long, 0),
+       COALESCE(dead.dead_letters, 0), COALESCE(wrk.workers, 0)
+FROM names AS n
+LEFT JOIN msg USING (queue_name)
+LEFT JOIN res USING (queue_name)
+LEFT JOIN dead USING (queue_name)
+LEFT JOIN wrk USING (queue_name)
+ORDER BY n.queue_name
+"""
+
+#: Every worker row with its heartbeat age and in-flight count (one aggregate, not per row).
+WORKER_OVERVIEW = """
+SELECT w.worker_id, w.hostname, w.pid, w.queues, w.concurrency, w.state,
+       EXTRACT(EPOCH FROM now() - w.started_at)::float8,
+       EXTRACT(EPOCH FROM now() - w.heartbeat_at)::float8,
+       COALESCE(m.in_flight, 0), now()
+FROM pg_worker AS w
+LEFT JOIN (
+    SELECT worker_id, count(*) AS in_flight FROM pg_queue_message
+    WHERE state = 'claimed' GROUP BY worker_id
+) AS m USING (worker_id)
+ORDER BY w.hostname, w.worker_id
+"""
+
+# --- status of one job (pg_queue.results) ---------------------------------------------------
+
+#: One round trip: the finished outcome, or the live message's queued/running state.
+JOB_STATUS = """
+SELECT 'result' AS src, status, result, error, traceback, attempts
+  FROM pg_task_result WHERE task_id = %(id)s
+UNION ALL
+SELECT 'message', state, NULL, last_error, '', attempts
+  FROM pg_queue_message WHERE task_id = %(id)s
+"""
+
+# --- metrics (pg_queue.metrics) -------------------------------------------------------------
+
+#: Queue depth by state and the oldest due job's age, per queue.
+QUEUE_DEPTH = """
+SELECT queue_name,
+       count(*) FILTER (WHERE state = 'ready' AND available_at <= now()) AS ready,
+       count(*) FILTER (WHERE state = 'ready' AND available_at > now()) AS delayed,
+       count(*) FILTER (WHERE state = 'claimed') AS running,
+       COALESCE(EXTRACT(EPOCH FROM now() - min(available_at)
+                FILTER (WHERE state = 'ready' AND available_at <= now())), 0) AS oldest_ready
+FROM pg_queue_message GROUP BY queue_name
+"""
+
+# --- the demo and the benchmark ----------------------------------------------------------------
+
+#: Everything one queue left behind (the demo's and the benchmark's own queues only).
+QUEUE_CLEAR = (
+    "DELETE FROM pg_queue_message WHERE queue_name = %(queue)s",
+    "DELETE FROM pg_task_result WHERE queue_name = %(queue)s",
+    "DELETE FROM pg_queue_dead_letter WHERE queue_name = %(queue)s",
+)
+
+DEMO_FINISHED_COUNT = """
+SELECT
+    (SELECT count(*) FROM (
+        SELECT task_id FROM pg_task_result WHERE queue_name = %(queue)s
+        UNION
+        SELECT task_id FROM pg_queue_dead_letter WHERE queue_name = %(queue)s
+    ) AS finished),
+    (SELECT count(*) FROM pg_queue_dead_letter WHERE queue_name = %(queue)s)
+"""
+
+DEMO_SUMMARY = """
+SELECT
+    count(*),
+    count(*) FILTER (WHERE status = 'succeeded'),
+    count(*) FILTER (WHERE status = 'failed'),
+    COALESCE(sum(attempts - 1), 0),
+    percentile_cont(0.5) WITHIN GROUP (
+        ORDER BY extract(epoch FROM started_at - enqueued_at)::float8) * 1000,
+    percentile_cont(0.99) WITHIN GROUP (
+        ORDER BY extract(epoch FROM started_at - enqueued_at)::float8) * 1000,
+    extract(epoch FROM max(finished_at) - min(started_at))::float8,
+    extract(epoch FROM min(started_at) - min(enqueued_at))::float8 * 1000,
+    (SELECT count(*) FROM pg_queue_dead_letter WHERE queue_name = %(queue)s),
+    (SELECT count(*) FROM pg_queue_message WHERE queue_name = %(queue)s)
+FROM pg_task_result
+WHERE queue_name = %(queue)s
+"""
+
+DEMO_PER_TASK = """
+SELECT task_name,
+       count(*),
+       count(*) FILTER (WHERE status = 'succeeded'),
+       count(*) FILTER (WHERE status = 'failed'),
+       COALESCE(sum(attempts - 1), 0)
+FROM pg_task_result
+WHERE queue_name = %(queue)s
+GROUP BY task_name
+ORDER BY task_name
+"""
+
+#: Has the benchmark's worker process registered (its pg_worker row, by pid)?
+BENCH_WORKER_UP = "SELECT count(*) FROM pg_worker WHERE pid = %s"
+#: Rows deleted from the queue table so far (acks), from the cumulative statistics.
+BENCH_MESSAGES_DELETED = (
+    "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'pg_queue_message'"
+)
+#: How many of these jobs have an outcome.
+BENCH_FINISHED = "SELECT count(*) FROM pg_task_result WHERE task_id = ANY(%s::uuid[])"
+#: Enqueue-to-start latency of these jobs, in milliseconds.
+BENCH_LATENCIES_MS = """
+SELECT EXTRACT(EPOCH FROM started_at - enqueued_at) * 1000 FROM pg_task_result
+WHERE task_id = ANY(%s::uuid[])
+"""
