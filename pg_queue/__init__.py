@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "JobContext",
+    "JobHandle",
+    "JobOutcome",
     "JobSpec",
     "Retry",
-    "TaskHandle",
-    "TaskOutcome",
     "call",
     "enqueue",
     "enqueue_many",
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pg_queue.core.exceptions import Retry
     from pg_queue.core.options import JobSpec
     from pg_queue.producer import call, enqueue, enqueue_many, job
-    from pg_queue.results import TaskHandle, TaskOutcome
+    from pg_queue.results import JobHandle, JobOutcome
     from pg_queue.tasks import task
 
 _LAZY = {
@@ -37,8 +37,8 @@ _LAZY = {
     "enqueue_many": "pg_queue.producer",
     "job": "pg_queue.producer",
     "task": "pg_queue.tasks",
-    "TaskHandle": "pg_queue.results",
-    "TaskOutcome": "pg_queue.results",
+    "JobHandle": "pg_queue.results",
+    "JobOutcome": "pg_queue.results",
 }
 
 

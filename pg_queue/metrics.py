@@ -66,7 +66,7 @@ class QueueDepthCollector(Collector):
             "pg_queue_depth", "Messages by queue and state", labels=["queue", "state"]
         )
         oldest = GaugeMetricFamily(
-            "pg_queue_oldest_ready_age_seconds", "Age of the oldest due message", labels=["queue"]
+            "pg_queue_oldest_ready_age_seconds", "Age of the oldest due job", labels=["queue"]
         )
         try:
             with worker_connection(self.database) as conn:

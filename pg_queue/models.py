@@ -1,7 +1,7 @@
 """The queue's tables. Django owns their schema; the hot path speaks raw SQL to them (pg_queue/db).
 
 Times are written by the database clock (``now()``), never a worker's clock. Text columns use
-``''`` for "none". A job's status is derived so the hot path pays no extra write: a message row
+``''`` for "none". A job's status is derived so the hot path pays no extra write: a job row
 means queued or running, a result row means finished, neither means unknown or expired.
 """
 
@@ -12,16 +12,20 @@ import uuid
 from django.db import models
 from django.db.models.functions import Now
 
+from pg_queue.core.status import JobStatus
 
-class MessageState(models.TextChoices):
+
+class JobState(models.TextChoices):
     READY = "ready", "ready"
     CLAIMED = "claimed", "claimed"
 
 
 class ResultStatus(models.TextChoices):
-    SUCCEEDED = "succeeded", "succeeded"
-    FAILED = "failed", "failed"
-    CANCELLED = "cancelled", "cancelled"
+    """The finished ``JobStatus`` values: what an outcome row can say."""
+
+    SUCCEEDED = JobStatus.SUCCEEDED.value, "succeeded"
+    FAILED = JobStatus.FAILED.value, "failed"
+    CANCELLED = JobStatus.CANCELLED.value, "cancelled"
 
 
 class DeadLetterReason(models.TextChoices):
@@ -37,7 +41,7 @@ class WorkerState(models.TextChoices):
     STOPPING = "stopping", "stopping"
 
 
-class QueueMessage(models.Model):
+class Job(models.Model):
     """One queued or running job. Finished jobs are deleted, so this table stays small."""
 
     msg_id = models.BigAutoField(primary_key=True)
@@ -47,9 +51,9 @@ class QueueMessage(models.Model):
     payload = models.JSONField(default=dict)
     state = models.CharField(
         max_length=16,
-        choices=MessageState.choices,
-        default=MessageState.READY,
-        db_default=MessageState.READY,
+        choices=JobState.choices,
+        default=JobState.READY,
+        db_default=JobState.READY,
     )
     priority = models.SmallIntegerField(default=0, db_default=0)
     available_at = models.DateTimeField(db_default=Now())

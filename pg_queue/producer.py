@@ -27,7 +27,7 @@ from pg_queue.core.options import EMPTY, NO_OPTIONS, EnqueueOptions, JobSpec
 from pg_queue.core.payload import ContinuationSpec
 from pg_queue.db import sql
 from pg_queue.jobspec import JobRow, Resolved, new_task_id, validate_spec
-from pg_queue.results import TaskHandle, TaskOutcome, armed_wait
+from pg_queue.results import JobHandle, JobOutcome, armed_wait
 
 logger = logging.getLogger("pg_queue.producer")
 
@@ -58,7 +58,7 @@ def _row_params(row: JobRow) -> dict[str, Any]:
     }
 
 
-def enqueue_job(spec: JobSpec, *, using: str = "default") -> TaskHandle:
+def enqueue_job(spec: JobSpec, *, using: str = "default") -> JobHandle:
     """Insert one job in the caller's transaction; a live duplicate ``dedup_key`` wins.
 
     A ``spec.task_id`` already naming a live job or a stored result is ``DuplicateTaskId``
@@ -67,7 +67,7 @@ def enqueue_job(spec: JobSpec, *, using: str = "default") -> TaskHandle:
     return enqueue_spec(spec, using, check_task_id=spec.task_id is not None)
 
 
-def enqueue_spec(spec: JobSpec, using: str, *, check_task_id: bool) -> TaskHandle:
+def enqueue_spec(spec: JobSpec, using: str, *, check_task_id: bool) -> JobHandle:
     """``enqueue_job``; ``check_task_id=False`` for an id the caller just generated with
     ``new_task_id`` (``call``, ``RoutingDispatcher.dispatch``): no query to prove it unused,
     since request-reply latency is counted per query."""
@@ -107,7 +107,7 @@ def enqueue(
     reply_key: str = "",
     task_id: uuid.UUID | None = None,
     using: str = "default",
-) -> TaskHandle:
+) -> JobHandle:
     """Queue ``task_name(*args, **kwargs)`` by name; it need not be importable here.
 
     ``task_id`` (like Celery's) names the job: one already naming a live job or a stored
@@ -143,7 +143,7 @@ def call(
     timeout: float,
     using: str = "default",
     **options: Any,
-) -> TaskOutcome:
+) -> JobOutcome:
     """Request-reply: enqueue ``task_name(*args, **kwargs)`` and block for its outcome.
 
     Never raises for a failed or late job (the outcome says so); refuses inside ``atomic()``.
@@ -219,7 +219,7 @@ def job(
     )
 
 
-def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[TaskHandle]:
+def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[JobHandle]:
     """Insert many jobs in as few statements as possible, all or nothing.
 
     Immediate jobs stream into one COPY while later specs are still being validated, so the
@@ -258,7 +258,7 @@ def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[Ta
 
 def _copy_rows(
     cursor: Any, specs: Iterable[JobSpec], using: str
-) -> tuple[list[TaskHandle], list[JobRow], set[str], set[uuid.UUID]]:
+) -> tuple[list[JobHandle], list[JobRow], set[str], set[uuid.UUID]]:
     """Validate ``specs`` and COPY the immediate ones as they come.
 
     Returns a handle per spec (in order), the rows left for INSERT (delayed, with a dedup key,
@@ -271,7 +271,7 @@ def _copy_rows(
     re-raise.
     """
     cache: dict[str | tuple[str, EnqueueOptions], Resolved] = {}
-    handles: list[TaskHandle] = []
+    handles: list[JobHandle] = []
     later: list[JobRow] = []
     queues: set[str] = set()
     lines: list[str] = []
@@ -280,7 +280,7 @@ def _copy_rows(
         copy = None
         for spec in specs:
             row = validate_spec(spec, cache)
-            handles.append(TaskHandle(row.task_id, row.task_name, row.queue, using))
+            handles.append(JobHandle(row.task_id, row.task_name, row.queue, using))
             if spec.task_id is not None:
                 if row.task_id in given:
                     raise DuplicateTaskId(
@@ -294,7 +294,7 @@ def _copy_rows(
                 later.append(row)
                 continue
             if copy is None:
-                copy = stack.enter_context(cursor.copy(sql.MESSAGE_COPY))
+                copy = stack.enter_context(cursor.copy(sql.JOB_COPY))
             resolved = row.resolved
             payload = row.payload  # JSON text escapes every control character but backslash
             if "\\" in payload:
@@ -340,7 +340,7 @@ def _duplicate_from(exc: IntegrityError) -> DuplicateTaskId | None:
     )
 
 
-def _insert_row(cursor: Any, row: JobRow, using: str, *, notify: bool) -> TaskHandle:
+def _insert_row(cursor: Any, row: JobRow, using: str, *, notify: bool) -> JobHandle:
     """INSERT one validated row; with a dedup key, return the live duplicate's handle instead.
 
     The duplicate can finish between our INSERT and our SELECT; then we simply try again.
@@ -348,11 +348,11 @@ def _insert_row(cursor: Any, row: JobRow, using: str, *, notify: bool) -> TaskHa
     params = _row_params(row)
     params["notify"] = notify and params["notify"]
     for _ in range(DEDUP_RETRIES):
-        cursor.execute(sql.MESSAGE_INSERT, params)
+        cursor.execute(sql.JOB_INSERT, params)
         inserted = cursor.fetchone()
         if inserted is not None:
-            return TaskHandle(inserted[0], row.task_name, row.queue, using)
-        cursor.execute(sql.MESSAGE_BY_DEDUP_KEY, {"dedup_key": row.dedup_key})
+            return JobHandle(inserted[0], row.task_name, row.queue, using)
+        cursor.execute(sql.JOB_BY_DEDUP_KEY, {"dedup_key": row.dedup_key})
         existing = cursor.fetchone()
         if existing is not None:
             logger.info(
@@ -361,17 +361,17 @@ def _insert_row(cursor: Any, row: JobRow, using: str, *, notify: bool) -> TaskHa
                 row.dedup_key,
                 existing[0],
             )
-            return TaskHandle(existing[0], existing[1], existing[2], using)
+            return JobHandle(existing[0], existing[1], existing[2], using)
     raise RuntimeError(f"dedup_key {row.dedup_key!r} kept racing; gave up after {DEDUP_RETRIES}")
 
 
 def _insert_many(cursor: Any, rows: list[JobRow]) -> None:
     """One multi-row INSERT for delayed rows (``available_at`` computed by the database)."""
-    cursor.execute(sql.MESSAGE_INSERT_MANY, _bulk_params(rows))
+    cursor.execute(sql.JOB_INSERT_MANY, _bulk_params(rows))
 
 
 def bulk_params(specs: list[JobSpec]) -> dict[str, Any]:
-    """Validate ``specs`` and return parameters for ``sql.MESSAGE_INSERT_MANY``.
+    """Validate ``specs`` and return parameters for ``sql.JOB_INSERT_MANY``.
 
     Used by the worker to enqueue continuations on its own connection, inside its ack
     transaction; raises ``ValueError`` naming the problem like ``enqueue`` does.

@@ -1,7 +1,8 @@
 """Outcomes and handles: how a caller learns what became of a job.
 
-A job's status is derived: a message row means queued or running, a result row means finished,
-neither means unknown (never enqueued, rolled back, result expired, or ``store_result=False``).
+A job's status (``JobStatus``) is derived: a job row means queued or running, a result row
+means finished, neither means unknown (never enqueued, rolled back, result expired, or
+``store_result=False``).
 """
 
 from __future__ import annotations
@@ -21,15 +22,11 @@ from django.db import close_old_connections, connections
 from pg_queue.core.conf import RESULT_CHANNEL, queue_settings
 from pg_queue.core.exceptions import PayloadError, WaitInTransactionError
 from pg_queue.core.payload import loads
+from pg_queue.core.status import JobStatus
 from pg_queue.db import sql_ops
 from pg_queue.db.notify import Listener
 
 logger = logging.getLogger("pg_queue.results")
-
-#: Statuses a handle may report. "timeout" and "unknown" never come from the database.
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-QUEUED, RUNNING, TIMEOUT, UNKNOWN = "queued", "running", "timeout", "unknown"
-FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 #: First and longest sleep between two polls while waiting for a result (no wake-ups).
 WAIT_POLL_MIN = 0.005
@@ -49,7 +46,7 @@ UNDECODABLE_RESULT = "the result could not be decoded: "
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class TaskOutcome:
+class JobOutcome:
     """What a wait returns. Never raised: failures and timeouts are values.
 
     ``status`` is what happened to the job; ``ok`` also needs its result to be readable: a
@@ -67,10 +64,10 @@ class TaskOutcome:
     @property
     def ok(self) -> bool:
         """The job succeeded and ``result`` is its result."""
-        return self.status == SUCCEEDED and not self.error
+        return self.status == JobStatus.SUCCEEDED and not self.error
 
 
-def _fetch(task_id: uuid.UUID, using: str) -> TaskOutcome | None:
+def _fetch(task_id: uuid.UUID, using: str) -> JobOutcome | None:
     """One round trip: the finished outcome, or a live queued/running state, or None."""
     with connections[using].cursor() as cursor:
         cursor.execute(sql_ops.JOB_STATUS, {"id": task_id})
@@ -79,23 +76,33 @@ def _fetch(task_id: uuid.UUID, using: str) -> TaskOutcome | None:
         if src == "result":  # Django hands jsonb over as text
             return _stored_outcome(task_id, status, result, error, tb, attempts)
     for _src, state, _result, error, _tb, attempts in rows:
-        return TaskOutcome(
+        return JobOutcome(
             task_id=task_id,
-            status=RUNNING if state == "claimed" else QUEUED,
+            status=JobStatus.RUNNING if state == "claimed" else JobStatus.QUEUED,
             error=error,
             attempts=attempts,
         )
     return None
 
 
+def _as_status(text: str) -> str:
+    """``JobStatus`` for a status the database stored; a text no version wrote is kept as it
+    is (a wait ends on any result row; routing reports it as malformed)."""
+    try:
+        return JobStatus(text)
+    except ValueError:
+        return text
+
+
 def _stored_outcome(
     task_id: uuid.UUID, status: str, result_text: str | None, error: str, tb: str, attempts: int
-) -> TaskOutcome:
+) -> JobOutcome:
     """A result row as an outcome; never raises: an undecodable result becomes its error.
 
-    ``pg_queue.core.payload.loads`` decodes, as for the results a NOTIFY carries, so a wait returns
-    the same value whichever way it learnt of the result.
+    ``pg_queue.core.payload.loads`` decodes, as for the results a NOTIFY carries, so a wait
+    returns the same value whichever way it learnt of the result.
     """
+    status = _as_status(status)
     result = None
     if result_text is not None:
         try:
@@ -103,13 +110,13 @@ def _stored_outcome(
         except PayloadError as exc:
             logger.warning("undecodable result task_id=%s status=%s error=%s", task_id, status, exc)
             error = "; ".join(text for text in (error, f"{UNDECODABLE_RESULT}{exc}") if text)
-    return TaskOutcome(
+    return JobOutcome(
         task_id=task_id, status=status, result=result, error=error, traceback=tb, attempts=attempts
     )
 
 
 @dataclass(frozen=True, slots=True)
-class TaskHandle:
+class JobHandle:
     """What ``enqueue`` returns: the stable task id, and ways to ask about the job."""
 
     task_id: uuid.UUID
@@ -120,16 +127,16 @@ class TaskHandle:
     def status(self) -> str:
         """queued | running | succeeded | failed | cancelled | unknown (one query)."""
         found = _fetch(self.task_id, self.using)
-        return UNKNOWN if found is None else found.status
+        return JobStatus.UNKNOWN if found is None else found.status
 
-    def outcome(self) -> TaskOutcome:
+    def outcome(self) -> JobOutcome:
         """The current state as an outcome, without waiting."""
         found = _fetch(self.task_id, self.using)
         if found is None:
-            return TaskOutcome(task_id=self.task_id, status=UNKNOWN, error=_UNKNOWN_TEXT)
+            return JobOutcome(task_id=self.task_id, status=JobStatus.UNKNOWN, error=_UNKNOWN_TEXT)
         return found
 
-    def wait(self, timeout: float) -> TaskOutcome:
+    def wait(self, timeout: float) -> JobOutcome:
         """Block until the job finishes or ``timeout`` seconds pass; never raises for either.
 
         Polls with backoff, clamped to the deadline, and hands the Django connection back
@@ -159,11 +166,11 @@ def refuse_wait_in_atomic(task_id: uuid.UUID, using: str) -> None:
 class ArmedWait:
     """A wait whose wake-up was armed before its job was enqueued (see ``armed_wait``)."""
 
-    handle: TaskHandle
+    handle: JobHandle
     woken: threading.Event | None
 
-    def wait(self, timeout: float) -> TaskOutcome:
-        """Like ``TaskHandle.wait``; with wake-ups on it starts without a status query."""
+    def wait(self, timeout: float) -> JobOutcome:
+        """Like ``JobHandle.wait``; with wake-ups on it starts without a status query."""
         return _wait(self.handle, timeout, self.woken, check_first=self.woken is None)
 
 
@@ -178,24 +185,24 @@ def armed_wait(task_id: uuid.UUID, using: str = "default") -> Iterator[ArmedWait
     key = str(task_id)
     woken = _waiters.register(key, using)
     try:
-        yield ArmedWait(TaskHandle(task_id, using=using), woken)
+        yield ArmedWait(JobHandle(task_id, using=using), woken)
     finally:
         _waiters.unregister(key, woken)
 
 
 def _wait(
-    handle: TaskHandle, timeout: float, woken: threading.Event | None, *, check_first: bool
-) -> TaskOutcome:
+    handle: JobHandle, timeout: float, woken: threading.Event | None, *, check_first: bool
+) -> JobOutcome:
     """The wait loop; ``woken`` is the registered wake-up (None: poll only)."""
     deadline = time.monotonic() + max(0.0, timeout)
     sleep = WAIT_POLL_MIN
-    last: TaskOutcome | None = None
+    last: JobOutcome | None = None
     key = str(handle.task_id)
     check = check_first
     while True:
         if check:
             last = _fetch(handle.task_id, handle.using)
-            if last is not None and last.status not in (QUEUED, RUNNING):
+            if last is not None and last.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
                 return last  # any result row, even a malformed status, ends the wait
         check = True
         remaining = deadline - time.monotonic()
@@ -218,16 +225,16 @@ def _wait(
             time.sleep(step)
             sleep = min(sleep * 2, WAIT_POLL_MAX)
     state = "never seen" if last is None else f"still {last.status}"
-    return TaskOutcome(
+    return JobOutcome(
         task_id=handle.task_id,
-        status=TIMEOUT,
+        status=JobStatus.TIMEOUT,
         error=f"no result within {timeout}s (task {state})",
         attempts=0 if last is None else last.attempts,
     )
 
 
 _UNKNOWN_TEXT = (
-    "no message and no result: never enqueued, rolled back, result expired, or the task does "
+    "no job and no result: never enqueued, rolled back, result expired, or the task does "
     "not store results"
 )
 
@@ -249,7 +256,7 @@ class _ResultWaiters:
         self._start_lock = threading.Lock()
         self._events: dict[str, set[threading.Event]] = {}
         # Outcomes that arrived inside a NOTIFY, kept only while someone waits for them.
-        self._delivered: dict[str, TaskOutcome] = {}
+        self._delivered: dict[str, JobOutcome] = {}
         self._listener: Listener | None = None
         self._tried = False  # a start was tried: later ones do not wait for the probe
         self._retry_delay = 0.0  # the delay after the last failed start (0: none failed)
@@ -280,7 +287,7 @@ class _ResultWaiters:
                     del self._events[key]
                     self._delivered.pop(key, None)
 
-    def delivered(self, key: str) -> TaskOutcome | None:
+    def delivered(self, key: str) -> JobOutcome | None:
         """The outcome a NOTIFY brought for ``key``, if any (then no query is needed)."""
         with self._lock:
             return self._delivered.get(key)
@@ -355,9 +362,9 @@ class _ResultWaiters:
                     events = self._events.get(task_id)
                     if not events:
                         continue
-                    self._delivered[task_id] = TaskOutcome(
+                    self._delivered[task_id] = JobOutcome(
                         task_id=uuid.UUID(task_id),
-                        status=SUCCEEDED,
+                        status=JobStatus.SUCCEEDED,
                         result=result,
                         attempts=attempts,
                     )

@@ -25,7 +25,7 @@ from pg_queue.core.options import (
 )
 from pg_queue.producer import enqueue_job
 from pg_queue.registry import register_task
-from pg_queue.results import TaskHandle
+from pg_queue.results import JobHandle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +83,7 @@ class Task:
         """A job description for ``enqueue_many`` (no database access)."""
         return JobSpec(task_name=self.name, args=list(args), kwargs=kwargs, options=self.options)
 
-    def enqueue(self, *args: Any, **kwargs: Any) -> TaskHandle:
+    def enqueue(self, *args: Any, **kwargs: Any) -> JobHandle:
         """Queue one call in the caller's transaction; returns its handle."""
         return enqueue_job(self.job(*args, **kwargs))
 

@@ -58,9 +58,7 @@ def renewals(vt_index: bool, fillfactor: int) -> tuple[int, int]:
             )
         try:
             enqueue_many(job("workers.tasks.echo", [i]) for i in range(ROWS))
-            msgs = queries.message_claim(
-                conn, queue="default", limit=CLAIMED, lease=30, worker_id="w"
-            )
+            msgs = queries.job_claim(conn, queue="default", limit=CLAIMED, lease=30, worker_id="w")
             held = {m.msg_id: m.lease_token for m in msgs}
             updated_before, hot_before = counts(conn)
             for i in range(ROUNDS):

@@ -58,7 +58,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 def django_db_setup(django_db_setup: None) -> Iterator[None]:
     """pytest-django's test database, plus: close process-wide listeners before it is dropped.
 
-    ``TaskHandle.wait`` may start one LISTEN connection per process (kept for the process's
+    ``JobHandle.wait`` may start one LISTEN connection per process (kept for the process's
     life); left open, it would make dropping the test database fail.
     """
     yield

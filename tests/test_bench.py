@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from pg_queue.models import QueueMessage, TaskResult, Worker
+from pg_queue.models import Job, TaskResult, Worker
 
 
 @pytest.mark.slow
@@ -48,6 +48,6 @@ def test_bench_workload_reports_figures_and_cleans_up(
         assert all(0 < line["worker_rss_mb"] < 1000 for line in lines)
     if workload == "scale":
         assert any("ratio_to_shallow" in line for line in lines)
-    assert not QueueMessage.objects.filter(queue_name="pg_queue_bench").exists()
+    assert not Job.objects.filter(queue_name="pg_queue_bench").exists()
     assert not TaskResult.objects.filter(queue_name="pg_queue_bench").exists()
     assert not Worker.objects.exists()

@@ -20,11 +20,11 @@ import psycopg
 import pytest
 from django.db import connection
 
-from pg_queue.core.outcomes import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.core.outcomes import Bury, ClaimedJob, RetryLater, Success
 from pg_queue.core.payload import loads
 from pg_queue.db import connection as db_connection
 from pg_queue.db import queries, sql
-from pg_queue.models import DeadLetter, QueueMessage, TaskResult
+from pg_queue.models import DeadLetter, Job, TaskResult
 from pg_queue.producer import enqueue, enqueue_many, job
 from workers import tasks
 
@@ -39,8 +39,8 @@ def conn() -> Iterator[psycopg.Connection[Any]]:
         yield c
 
 
-def claim_one(conn: psycopg.Connection[Any], worker_id: str = "w1", **kw: Any) -> ClaimedMessage:
-    messages = queries.message_claim(
+def claim_one(conn: psycopg.Connection[Any], worker_id: str = "w1", **kw: Any) -> ClaimedJob:
+    messages = queries.job_claim(
         conn,
         queue=kw.get("queue", "default"),
         limit=kw.get("limit", 1),
@@ -51,11 +51,11 @@ def claim_one(conn: psycopg.Connection[Any], worker_id: str = "w1", **kw: Any) -
     return messages[0]
 
 
-def claim_all(conn: psycopg.Connection[Any], queue: str = "default") -> list[ClaimedMessage]:
-    return queries.message_claim(conn, queue=queue, limit=1000, lease=LEASE, worker_id="w")
+def claim_all(conn: psycopg.Connection[Any], queue: str = "default") -> list[ClaimedJob]:
+    return queries.job_claim(conn, queue=queue, limit=1000, lease=LEASE, worker_id="w")
 
 
-def args_of(msg: ClaimedMessage) -> list[Any]:
+def args_of(msg: ClaimedJob) -> list[Any]:
     return loads(msg.payload_text)["args"]
 
 
@@ -76,8 +76,8 @@ def expire_lease(msg_id: int) -> None:
 
 def rearm(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     """One re-arm sweep as any worker runs it: (re-armed, dead-lettered)."""
-    rearmed = queries.message_rearm(conn, limit=100)
-    buried = queries.message_rearm_exhausted(conn, limit=100, ttl=60)
+    rearmed = queries.job_rearm(conn, limit=100)
+    buried = queries.job_rearm_exhausted(conn, limit=100, ttl=60)
     return rearmed, len(buried)
 
 
@@ -88,16 +88,16 @@ def test_enqueue_claim_ack_round_trip(conn):
     assert (msg.task_name, msg.queue_name) == ("workers.tasks.add", "default")
     assert loads(msg.payload_text) == {"args": [2, 3], "kwargs": {}}
     assert (msg.attempts, msg.max_attempts) == (1, 3)
-    row = QueueMessage.objects.get(msg_id=msg.msg_id)
+    row = Job.objects.get(msg_id=msg.msg_id)
     assert (row.state, row.worker_id, row.lease_token) == ("claimed", "worker-a", msg.lease_token)
     assert row.vt is not None
     assert row.vt - msg.claimed_at == dt.timedelta(seconds=LEASE)
     assert handle.status() == "running"
     assert claim_all(conn) == []  # a claimed row is not claimable again
 
-    acked = queries.message_ack(conn, [Success(msg, "5", msg.claimed_at)], ttl=3600)
+    acked = queries.job_ack(conn, [Success(msg, "5", msg.claimed_at)], ttl=3600)
     assert acked == {msg.msg_id}
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     result = TaskResult.objects.get(task_id=handle.task_id)
     assert (result.status, result.result, result.attempts) == ("succeeded", 5, 1)
     assert (result.task_name, result.queue_name) == ("workers.tasks.add", "default")
@@ -106,15 +106,15 @@ def test_enqueue_claim_ack_round_trip(conn):
     outcome = handle.outcome()
     assert (outcome.status, outcome.result, outcome.ok) == ("succeeded", 5, True)
     # A second ack of the same message is a no-op, not an error.
-    assert queries.message_ack(conn, [Success(msg, "6", msg.claimed_at)], ttl=3600) == set()
+    assert queries.job_ack(conn, [Success(msg, "6", msg.claimed_at)], ttl=3600) == set()
     assert TaskResult.objects.get(task_id=handle.task_id).result == 5
 
 
 def test_ack_of_a_task_without_stored_results_deletes_the_row_and_writes_no_result(conn):
     handle = tasks.noop.enqueue(1)
     msg = claim_one(conn)
-    assert queries.message_ack(conn, [Success(msg, None, msg.claimed_at)], ttl=60) == {msg.msg_id}
-    assert not QueueMessage.objects.exists()
+    assert queries.job_ack(conn, [Success(msg, None, msg.claimed_at)], ttl=60) == {msg.msg_id}
+    assert not Job.objects.exists()
     assert not TaskResult.objects.exists()
     assert handle.status() == "unknown"
 
@@ -126,8 +126,8 @@ def test_ack_is_batched_and_acks_only_the_owned_messages(conn):
     stale = dataclasses.replace(msgs[0], lease_token=uuid.uuid4())
     items = [Success(stale, "0", msgs[0].claimed_at)]
     items += [Success(m, str(args_of(m)[0]), m.claimed_at) for m in msgs[1:]]
-    assert queries.message_ack(conn, items, ttl=60) == {m.msg_id for m in msgs[1:]}
-    assert list(QueueMessage.objects.values_list("msg_id", flat=True)) == [msgs[0].msg_id]
+    assert queries.job_ack(conn, items, ttl=60) == {m.msg_id for m in msgs[1:]}
+    assert list(Job.objects.values_list("msg_id", flat=True)) == [msgs[0].msg_id]
     assert TaskResult.objects.count() == 4
     for m in msgs[1:]:
         assert TaskResult.objects.get(task_id=m.task_id).result == args_of(m)[0]
@@ -136,12 +136,12 @@ def test_ack_is_batched_and_acks_only_the_owned_messages(conn):
 def test_ack_of_a_batch_too_big_for_one_notify_payload_still_wakes_waiters(conn):
     # 300 task ids do not fit NOTIFY's 8000-byte payload; the ack must not fail on it.
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(300))
-    msgs = queries.message_claim(conn, queue="default", limit=300, lease=30, worker_id="w")
+    msgs = queries.job_claim(conn, queue="default", limit=300, lease=30, worker_id="w")
     assert len(msgs) == 300
     listener = db_connection.worker_connection()
     listener.execute("LISTEN pg_queue_result")
     items = [Success(m, str(args_of(m)[0]), m.claimed_at) for m in msgs]
-    assert len(queries.message_ack(conn, items, ttl=60, notify=True)) == 300
+    assert len(queries.job_ack(conn, items, ttl=60, notify=True)) == 300
     payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
     listener.close()
     assert payloads == ["*"]
@@ -162,7 +162,7 @@ def test_ack_notify_carries_small_batches_results_and_otherwise_ids(conn, result
     listener = db_connection.worker_connection()
     listener.execute("LISTEN pg_queue_result")
     items = [Success(m, r, m.claimed_at) for m, r in zip(msgs, results, strict=True)]
-    assert len(queries.message_ack(conn, items, ttl=60, notify=True)) == len(results)
+    assert len(queries.job_ack(conn, items, ttl=60, notify=True)) == len(results)
     [payload] = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
     listener.close()
     if carries_results:
@@ -177,8 +177,8 @@ def test_ack_with_a_stale_lease_token_does_nothing(conn):
     enqueue("workers.tasks.echo", [1])
     msg = claim_one(conn)
     stale = dataclasses.replace(msg, lease_token=uuid.uuid4())
-    assert queries.message_ack(conn, [Success(stale, "1", msg.claimed_at)], ttl=60) == set()
-    row = QueueMessage.objects.get()
+    assert queries.job_ack(conn, [Success(stale, "1", msg.claimed_at)], ttl=60) == set()
+    row = Job.objects.get()
     assert (row.state, row.lease_token) == ("claimed", msg.lease_token)
     assert not TaskResult.objects.exists()
 
@@ -195,8 +195,8 @@ def test_lease_reclaimed_by_another_worker_cannot_be_touched_with_the_old_token(
     assert new.lease_token != old.lease_token
     assert new.attempts == 2
 
-    def unchanged() -> QueueMessage:
-        row = QueueMessage.objects.get(msg_id=new.msg_id)
+    def unchanged() -> Job:
+        row = Job.objects.get(msg_id=new.msg_id)
         assert (row.state, row.lease_token, row.worker_id) == (
             "claimed",
             new.lease_token,
@@ -205,30 +205,30 @@ def test_lease_reclaimed_by_another_worker_cannot_be_touched_with_the_old_token(
         return row
 
     vt_before = unchanged().vt
-    assert queries.message_ack(conn, [Success(old, "1", old.claimed_at)], ttl=60) == set()
+    assert queries.job_ack(conn, [Success(old, "1", old.claimed_at)], ttl=60) == set()
     unchanged()
-    assert queries.message_retry(conn, [RetryLater(old, 0.0, "old worker failed")]) == set()
+    assert queries.job_retry(conn, [RetryLater(old, 0.0, "old worker failed")]) == set()
     unchanged()
-    assert queries.message_bury(conn, [Bury(old, "exhausted", "x", "", None)], ttl=60) == set()
+    assert queries.job_bury(conn, [Bury(old, "exhausted", "x", "", None)], ttl=60) == set()
     unchanged()
     assert queries.lease_extend(conn, {old.msg_id: old.lease_token}, lease=999) == set()
     assert unchanged().vt == vt_before
-    assert queries.message_release(conn, {old.msg_id: old.lease_token}) == set()
+    assert queries.job_release(conn, {old.msg_id: old.lease_token}) == set()
     assert unchanged().attempts == 2
     assert not DeadLetter.objects.exists()
     assert not TaskResult.objects.exists()
     # The new owner still finishes it.
-    assert queries.message_ack(conn, [Success(new, "1", new.claimed_at)], ttl=60) == {new.msg_id}
+    assert queries.job_ack(conn, [Success(new, "1", new.claimed_at)], ttl=60) == {new.msg_id}
     assert TaskResult.objects.get(task_id=handle.task_id).attempts == 2
 
 
 def test_lease_extend_renews_only_leases_still_held(conn):
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(3))
-    msgs = queries.message_claim(conn, queue="default", limit=3, lease=5, worker_id="w")
+    msgs = queries.job_claim(conn, queue="default", limit=3, lease=5, worker_id="w")
     held = {m.msg_id: m.lease_token for m in msgs}
     held[msgs[2].msg_id] = uuid.uuid4()  # lost this one
     assert queries.lease_extend(conn, held, lease=LEASE) == {msgs[0].msg_id, msgs[1].msg_id}
-    rows = {r.msg_id: r for r in QueueMessage.objects.all()}
+    rows = {r.msg_id: r for r in Job.objects.all()}
     now = db_now()
     assert rows[msgs[0].msg_id].vt - now > dt.timedelta(seconds=30)
     assert rows[msgs[2].msg_id].vt - now <= dt.timedelta(seconds=5)
@@ -237,7 +237,7 @@ def test_lease_extend_renews_only_leases_still_held(conn):
 
 def test_lease_renewal_skips_a_row_locked_elsewhere_and_keeps_it_ours(conn):
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(2))
-    locked, free = queries.message_claim(conn, queue="default", limit=2, lease=5, worker_id="w")
+    locked, free = queries.job_claim(conn, queue="default", limit=2, lease=5, worker_id="w")
     held = {locked.msg_id: locked.lease_token, free.msg_id: free.lease_token}
     with db_connection.worker_connection() as operator, operator.transaction():
         operator.execute(
@@ -254,7 +254,7 @@ def test_lease_renewals_are_hot_updates(conn):
     """Renewing a lease changes only vt, which no index covers: the update stays on its page
     and touches no index (a HOT update), however many leases a worker renews each beat."""
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(10))
-    msgs = queries.message_claim(conn, queue="default", limit=10, lease=5, worker_id="w")
+    msgs = queries.job_claim(conn, queue="default", limit=10, lease=5, worker_id="w")
     held = {m.msg_id: m.lease_token for m in msgs}
     # This backend's counts not yet flushed to the cumulative statistics (the claim's too).
     counts = (
@@ -272,16 +272,16 @@ def test_lease_renewals_are_hot_updates(conn):
 def test_retry_puts_the_job_back_after_its_delay_with_the_error(conn):
     enqueue("workers.tasks.echo", [1])
     msg = claim_one(conn)
-    assert queries.message_retry(conn, [RetryLater(msg, 3600.0, "ValueError: no")]) == {msg.msg_id}
-    row = QueueMessage.objects.get()
+    assert queries.job_retry(conn, [RetryLater(msg, 3600.0, "ValueError: no")]) == {msg.msg_id}
+    row = Job.objects.get()
     assert (row.state, row.lease_token, row.vt, row.worker_id) == ("ready", None, None, "")
     assert (row.attempts, row.last_error) == (1, "ValueError: no")
     assert row.available_at - db_now() > dt.timedelta(seconds=3500)
     assert claim_all(conn) == []  # not due yet
 
     msg2 = dataclasses.replace(msg)
-    assert queries.message_retry(conn, [RetryLater(msg2, 0.0, "again")]) == set()  # not claimed
-    QueueMessage.objects.update(available_at=db_now())
+    assert queries.job_retry(conn, [RetryLater(msg2, 0.0, "again")]) == set()  # not claimed
+    Job.objects.update(available_at=db_now())
     again = claim_one(conn)
     assert (again.msg_id, again.attempts) == (msg.msg_id, 2)
 
@@ -290,11 +290,11 @@ def test_bury_moves_the_job_to_dead_letter_with_a_failed_outcome(conn):
     handle = enqueue("workers.tasks.echo", [1], priority=4, tenant_key="org-9")
     msg = claim_one(conn)
     started = msg.claimed_at
-    buried = queries.message_bury(
+    buried = queries.job_bury(
         conn, [Bury(msg, "exhausted", "ValueError: x", "Traceback ...", started)], ttl=60
     )
     assert buried == {msg.msg_id}
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     letter = DeadLetter.objects.get()
     assert (letter.task_id, letter.reason, letter.last_error) == (
         handle.task_id,
@@ -319,8 +319,8 @@ def test_bury_moves_the_job_to_dead_letter_with_a_failed_outcome(conn):
 def test_release_hands_the_job_back_without_counting_the_attempt(conn):
     enqueue("workers.tasks.echo", [1])
     msg = claim_one(conn)
-    assert queries.message_release(conn, {msg.msg_id: msg.lease_token}) == {msg.msg_id}
-    row = QueueMessage.objects.get()
+    assert queries.job_release(conn, {msg.msg_id: msg.lease_token}) == {msg.msg_id}
+    row = Job.objects.get()
     assert (row.state, row.attempts, row.lease_token) == ("ready", 0, None)
     assert claim_one(conn).attempts == 1
 
@@ -332,7 +332,7 @@ def test_expired_lease_is_rearmed_by_any_worker(conn):
     expire_lease(msg.msg_id)
     with db_connection.worker_connection() as other:
         assert rearm(other) == (1, 0)
-    row = QueueMessage.objects.get()
+    row = Job.objects.get()
     assert (row.state, row.lease_token, row.attempts) == ("ready", None, 1)
     assert "crashed-worker" in row.last_error
     assert handle.status() == "queued"
@@ -343,7 +343,7 @@ def test_expired_lease_on_the_last_attempt_is_dead_lettered(conn):
     msg = claim_one(conn, "crashed-worker")
     expire_lease(msg.msg_id)
     assert rearm(conn) == (0, 1)
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     assert DeadLetter.objects.get().reason == "lease_expired"
     outcome = handle.outcome()
     assert outcome.status == "failed"
@@ -355,7 +355,7 @@ def test_claim_never_returns_more_than_its_limit_or_another_queue(conn):
     enqueue("workers.tasks.echo", [99], queue="elsewhere")
     sizes = []
     for limit in (3, 1, 4, 5, 5):
-        got = queries.message_claim(conn, queue="default", limit=limit, lease=LEASE, worker_id="w")
+        got = queries.job_claim(conn, queue="default", limit=limit, lease=LEASE, worker_id="w")
         assert len(got) <= limit
         assert all(m.queue_name == "default" for m in got)
         sizes.append(len(got))
@@ -366,7 +366,7 @@ def test_claim_never_returns_more_than_its_limit_or_another_queue(conn):
 def test_two_concurrent_claimers_never_share_a_message():
     total = 2000
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(total))
-    all_ids = set(QueueMessage.objects.values_list("msg_id", flat=True))
+    all_ids = set(Job.objects.values_list("msg_id", flat=True))
     assert len(all_ids) == total
     start = threading.Barrier(2, timeout=30)
 
@@ -379,7 +379,7 @@ def test_two_concurrent_claimers_never_share_a_message():
             start.wait()
             for _ in range(total):  # bounded: each useful round claims at least one row
                 limit = rng.randint(1, 40)
-                got = queries.message_claim(
+                got = queries.job_claim(
                     own, queue="default", limit=limit, lease=LEASE, worker_id=name
                 )
                 if len(got) > limit:
@@ -388,7 +388,7 @@ def test_two_concurrent_claimers_never_share_a_message():
                     break
                 claimed.extend(m.msg_id for m in got)
                 if rng.random() < 0.5:  # ack some at once, like a worker would
-                    acked |= queries.message_ack(
+                    acked |= queries.job_ack(
                         own, [Success(m, None, m.claimed_at) for m in got], ttl=60
                     )
         return claimed, over_limit, acked
@@ -406,25 +406,25 @@ def test_two_concurrent_claimers_never_share_a_message():
     assert set(a) | set(b) == all_ids
     assert acked_a <= set(a)
     assert acked_b <= set(b)
-    assert not QueueMessage.objects.filter(state="ready").exists()
-    assert QueueMessage.objects.count() == total - len(acked_a) - len(acked_b)
+    assert not Job.objects.filter(state="ready").exists()
+    assert Job.objects.count() == total - len(acked_a) - len(acked_b)
     # Every remaining row is claimed by the claimer that got it.
     owner = {i: "claimer-0" for i in a} | {i: "claimer-1" for i in b}
-    for msg_id, worker_id in QueueMessage.objects.values_list("msg_id", "worker_id"):
+    for msg_id, worker_id in Job.objects.values_list("msg_id", "worker_id"):
         assert owner[msg_id] == worker_id
 
 
 def test_delayed_job_is_not_claimable_before_its_time(conn):
     enqueue("workers.tasks.echo", [1], delay=3600)
     assert claim_all(conn) == []
-    QueueMessage.objects.update(available_at=db_now() - dt.timedelta(seconds=1))
+    Job.objects.update(available_at=db_now() - dt.timedelta(seconds=1))
     assert len(claim_all(conn)) == 1
 
 
 def test_delayed_job_becomes_claimable_once_due(conn):
     handle = enqueue("workers.tasks.echo", [1], delay=0.3)
-    available_at = QueueMessage.objects.get().available_at
-    got: list[ClaimedMessage] = []
+    available_at = Job.objects.get().available_at
+    got: list[ClaimedJob] = []
     for _ in range(500):  # bounded wait, well over the delay
         got = claim_all(conn)
         if got:
@@ -453,7 +453,7 @@ def test_claim_order_is_priority_then_age(conn):
 
 def test_claim_with_a_limit_takes_the_highest_priority_rows(conn):
     enqueue_many(job("workers.tasks.echo", [i], priority=i) for i in range(20))
-    got = queries.message_claim(conn, queue="default", limit=5, lease=LEASE, worker_id="w")
+    got = queries.job_claim(conn, queue="default", limit=5, lease=LEASE, worker_id="w")
     assert sorted(args_of(m)[0] for m in got) == [15, 16, 17, 18, 19]
 
 
@@ -463,7 +463,7 @@ def test_worker_connections_plan_every_claim_for_the_current_table_size():
     scans the whole table once the queue is deep. The worker's statements must stay custom."""
     with db_connection.worker_connection() as conn:
         for _ in range(8):
-            queries.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+            queries.job_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
         plans = conn.execute(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
             "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%' "

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from rich.console import Console
 
-from pg_queue.models import QueueMessage, Worker
+from pg_queue.models import Job, Worker
 from pg_queue.producer import enqueue_many
 from workers import tasks
 
@@ -33,7 +33,7 @@ def test_bad_worker_flags_exit_nonzero_with_a_clear_message_and_touch_nothing(
 ):
     enqueue_many(tasks.echo.job(i) for i in range(3))
     before = sorted(
-        QueueMessage.objects.values_list("msg_id", "state", "attempts", "lease_token", "worker_id")
+        Job.objects.values_list("msg_id", "state", "attempts", "lease_token", "worker_id")
     )
     code, output = run_worker(*flags, timeout=60)
     assert code != 0, output
@@ -41,7 +41,7 @@ def test_bad_worker_flags_exit_nonzero_with_a_clear_message_and_touch_nothing(
     assert "CommandError" in output
     assert "Traceback" not in output  # a message, not a crash
     after = sorted(
-        QueueMessage.objects.values_list("msg_id", "state", "attempts", "lease_token", "worker_id")
+        Job.objects.values_list("msg_id", "state", "attempts", "lease_token", "worker_id")
     )
     assert after == before
     assert all(state == "ready" and attempts == 0 for _, state, attempts, *_ in after)

@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from pg_queue.core.exceptions import ConfigurationError
 from pg_queue.core.payload import ContinuationSpec
 from pg_queue.db.connection import worker_connection
-from pg_queue.models import QueueMessage
+from pg_queue.models import Job
 from pg_queue.producer import enqueue, enqueue_many, job
 from pg_queue.tasks import task
 from tests import enqueue_paths
@@ -69,7 +69,7 @@ def test_bad_options_are_value_errors_naming_the_option_at_every_entry_point(
         with pytest.raises(ValueError, match=re.escape(fragment)):
             entry([1], {}, **options)
         after = enqueue(echo.name, ["after"]).task_id  # the transaction is still usable
-    assert set(QueueMessage.objects.values_list("task_id", flat=True)) == {kept, after}
+    assert set(Job.objects.values_list("task_id", flat=True)) == {kept, after}
 
 
 @pytest.mark.django_db
@@ -93,7 +93,7 @@ def test_bad_task_names_are_refused_before_any_sql(name, fragment, via):
         with pytest.raises(ValueError, match=re.escape(fragment)):
             send()
         enqueue(echo.name, [1])
-    assert QueueMessage.objects.count() == 1
+    assert Job.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -111,7 +111,7 @@ def test_continuation_names_are_checked_at_enqueue_not_when_the_worker_sends_the
 ):
     with pytest.raises(ValueError, match=re.escape(fragment)):
         entry([1], {}, on_success=continuation)
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -123,7 +123,7 @@ def test_job_refuses_args_that_are_not_a_list_exactly_like_enqueue(args):
     for delay in (None, 60):
         with pytest.raises(ValueError, match="must be a list or tuple"):
             enqueue_many([job(echo.name, [1]), job(echo.name, args, delay=delay)])
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -133,7 +133,7 @@ def test_job_refuses_kwargs_that_are_not_a_dict_exactly_like_enqueue(kwargs):
         enqueue(echo.name, [], kwargs)
     with pytest.raises(ValueError, match="must be a dict"):
         enqueue_many([job(echo.name, [], kwargs)])
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 def test_task_decorator_and_using_refuse_a_queue_no_worker_can_serve():
@@ -176,4 +176,4 @@ def test_a_refusal_inside_atomic_leaves_the_callers_transaction_usable_and_commi
 def test_an_eta_at_the_end_of_year_9999_in_utc_is_accepted():
     eta = dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.UTC)
     handle = enqueue(echo.name, [1], eta=eta)
-    assert QueueMessage.objects.get(task_id=handle.task_id).available_at == eta
+    assert Job.objects.get(task_id=handle.task_id).available_at == eta

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from pg_queue.core.conf import queue_settings
-from pg_queue.core.outcomes import ClaimedMessage, Success
+from pg_queue.core.outcomes import ClaimedJob, Success
 from pg_queue.db import connection, queries
 from pg_queue.producer import enqueue_many, job
 from pg_queue.worker.events import Events
@@ -40,9 +40,9 @@ def conn() -> Iterator[psycopg.Connection[Any]]:
         yield c
 
 
-def claimed(conn: psycopg.Connection[Any], n: int) -> list[ClaimedMessage]:
+def claimed(conn: psycopg.Connection[Any], n: int) -> list[ClaimedJob]:
     enqueue_many(job("workers.tasks.echo", [i]) for i in range(n))
-    msgs = queries.message_claim(conn, queue="default", limit=n, lease=60, worker_id="w")
+    msgs = queries.job_claim(conn, queue="default", limit=n, lease=60, worker_id="w")
     assert len(msgs) == n
     return sorted(msgs, key=lambda m: m.msg_id)
 

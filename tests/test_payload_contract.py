@@ -16,7 +16,7 @@ from django.db import connection, transaction
 
 from pg_queue.core.exceptions import PayloadError
 from pg_queue.core.payload import INT_MAX, INT_MIN, MAX_DEPTH, coerce_json, dumps, loads
-from pg_queue.models import QueueMessage
+from pg_queue.models import Job
 from pg_queue.producer import enqueue
 from tests import enqueue_paths
 from tests.payload_echo import echo, nested, same_json, stored_payloads
@@ -65,7 +65,7 @@ def test_a_value_postgres_would_refuse_or_change_is_refused_at_enqueue_naming_it
         assert message.startswith(f"{path} "), message
         assert fragment in message
         after = enqueue(echo.name, ["after"]).task_id  # the transaction is still usable
-    assert set(QueueMessage.objects.values_list("task_id", flat=True)) == {kept, after}
+    assert set(Job.objects.values_list("task_id", flat=True)) == {kept, after}
 
 
 @pytest.mark.django_db
@@ -82,7 +82,7 @@ def test_headers_and_reply_key_are_refused_like_arguments(entry, options, path):
     with pytest.raises(PayloadError, match=r"NUL|surrogate") as info:
         entry([1], {}, **options)
     assert str(info.value).startswith(path)
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -99,7 +99,7 @@ def test_continuation_arguments_are_refused_at_enqueue_naming_the_continuation(e
             [1], {}, on_error=ContinuationSpec(task_name=echo.name, queue="q", kwargs={"n": 2**70})
         )
     assert str(info.value).startswith("on_error.kwargs['n'] is 1180591620717411303424")
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 #: Values that must come back exactly; each paired with what comes back if it differs.

@@ -10,10 +10,10 @@ import threading
 import time
 import uuid
 
-from pg_queue.core.outcomes import ClaimedMessage, Outcome, RetryLater, Success
+from pg_queue.core.outcomes import ClaimedJob, Outcome, RetryLater, Success
 from pg_queue.core.payload import TaskPayload
 from pg_queue.tasks import Task
-from pg_queue.worker.execution import Job
+from pg_queue.worker.execution import JobRun
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.pool import Pool
 from pg_queue.worker.stats import WorkerStats
@@ -35,9 +35,9 @@ BLOCKS = Task(func=_blocks, name="tests.test_pool.blocks", queue="q", max_attemp
 QUICK = Task(func=_quick, name="tests.test_pool.quick", queue="q")
 
 
-def job_of(task: Task, args: list[object], time_limit: float = 0.0) -> Job:
+def job_of(task: Task, args: list[object], time_limit: float = 0.0) -> JobRun:
     now = dt.datetime.now(dt.UTC)
-    msg = ClaimedMessage(
+    msg = ClaimedJob(
         msg_id=int(uuid.uuid4().int % 2**62),
         task_id=uuid.uuid4(),
         task_name=task.name,
@@ -50,7 +50,7 @@ def job_of(task: Task, args: list[object], time_limit: float = 0.0) -> Job:
         available_at=now,
         claimed_at=now,
     )
-    return Job(msg, TaskPayload(args=args), task, time.monotonic(), time_limit)
+    return JobRun(msg, TaskPayload(args=args), task, time.monotonic(), time_limit)
 
 
 def test_a_time_limit_fires_without_a_claim_loop_and_the_stuck_thread_is_replaced_then_pruned():

@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from pg_queue.core.exceptions import PayloadError
 from pg_queue.db import connection as db_connection
 from pg_queue.db import queries
-from pg_queue.models import QueueMessage
+from pg_queue.models import Job
 from pg_queue.producer import enqueue, enqueue_many, job
 from workers import tasks
 
@@ -24,7 +24,7 @@ def db_now() -> dt.datetime:
         return cursor.fetchone()[0]
 
 
-def assert_offset(row: QueueMessage, seconds: float) -> None:
+def assert_offset(row: Job, seconds: float) -> None:
     """available_at is ``seconds`` after enqueue, by the database clock.
 
     Within a second, not exactly: raw SQL ``now()`` is the transaction's start, while the
@@ -37,7 +37,7 @@ def assert_offset(row: QueueMessage, seconds: float) -> None:
 @pytest.mark.django_db
 def test_enqueue_inserts_one_ready_row_with_task_defaults():
     handle = tasks.always_fails.enqueue("why")
-    row = QueueMessage.objects.get(task_id=handle.task_id)
+    row = Job.objects.get(task_id=handle.task_id)
     assert (row.task_name, row.queue_name) == ("workers.tasks.always_fails", "default")
     assert handle.task_name == row.task_name
     assert handle.queue_name == row.queue_name
@@ -60,7 +60,7 @@ def test_call_options_override_task_defaults():
         tenant_key="org-1",
         resource_key="printer",
     )
-    row = QueueMessage.objects.get(task_id=handle.task_id)
+    row = Job.objects.get(task_id=handle.task_id)
     assert (row.queue_name, row.priority, row.max_attempts) == ("other", 7, 9)
     assert (row.tenant_key, row.resource_key, row.dedup_key) == ("org-1", "printer", None)
 
@@ -76,13 +76,13 @@ def test_enqueue_inside_rolled_back_atomic_leaves_no_row():
     def business_write_that_fails() -> None:
         with transaction.atomic():
             handles.append(enqueue("workers.tasks.echo", [1]))
-            assert QueueMessage.objects.filter(task_id=handles[0].task_id).exists()
+            assert Job.objects.filter(task_id=handles[0].task_id).exists()
             raise Boom
 
     with pytest.raises(Boom):
         business_write_that_fails()
-    assert not QueueMessage.objects.filter(task_id=handles[0].task_id).exists()
-    assert QueueMessage.objects.count() == 0
+    assert not Job.objects.filter(task_id=handles[0].task_id).exists()
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -96,12 +96,12 @@ def test_enqueue_many_inside_rolled_back_atomic_leaves_no_row():
                     job("workers.tasks.echo", [3], dedup_key="k"),
                 ]
             )
-            assert QueueMessage.objects.count() == 3
+            assert Job.objects.count() == 3
             raise Boom
 
     with pytest.raises(Boom):
         business_write_that_fails()
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -113,7 +113,7 @@ def test_json_coercion_stores_dates_uuids_decimals_and_tuples_as_json():
         (dt.date(2026, 5, 1), ident),
         {"when": when, "amount": Decimal("9.99"), "pair": (1, (2, 3))},
     )
-    row = QueueMessage.objects.get(task_id=handle.task_id)
+    row = Job.objects.get(task_id=handle.task_id)
     assert row.payload == {
         "args": ["2026-05-01", str(ident)],
         "kwargs": {"when": "2026-05-01T12:00:00+00:00", "amount": "9.99", "pair": [1, [2, 3]]},
@@ -135,7 +135,7 @@ def test_invalid_argument_is_a_value_error_naming_the_path_and_inserts_nothing(a
     with pytest.raises(ValueError, match=re.escape(path)) as info:
         enqueue("workers.tasks.echo", args, kwargs)
     assert isinstance(info.value, PayloadError)
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -149,7 +149,7 @@ def test_a_bad_spec_late_in_a_big_batch_leaves_the_callers_transaction_usable():
         with pytest.raises(ValueError, match=re.escape("args[0]['when']")):
             enqueue_many(specs)
         later = enqueue("workers.tasks.echo", ["also kept"])
-    assert set(QueueMessage.objects.values_list("task_id", flat=True)) == {
+    assert set(Job.objects.values_list("task_id", flat=True)) == {
         earlier.task_id,
         later.task_id,
     }
@@ -159,7 +159,7 @@ def test_a_bad_spec_late_in_a_big_batch_leaves_the_callers_transaction_usable():
 def test_enqueue_many_keeps_handle_order_across_mixed_delayed_dedup_and_immediate_specs():
     kinds = [{"delay": 30}, {}, {"dedup_key": "x"}, {}, {"delay": 5}, {}, {"dedup_key": "y"}]
     handles = enqueue_many(job("workers.tasks.echo", [i], **kw) for i, kw in enumerate(kinds))
-    rows = {m.task_id: m for m in QueueMessage.objects.all()}
+    rows = {m.task_id: m for m in Job.objects.all()}
     assert len(rows) == len(kinds)
     assert [rows[h.task_id].payload["args"] for h in handles] == [[i] for i in range(len(kinds))]
     assert [rows[h.task_id].dedup_key for h in handles] == [None, None, "x", None, None, None, "y"]
@@ -175,7 +175,7 @@ def test_one_bad_spec_rejects_the_whole_enqueue_many_batch():
     specs.append(job("workers.tasks.echo", [1], dedup_key="d"))
     with pytest.raises(ValueError, match=re.escape("args[1]['x']")):
         enqueue_many(specs)
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -195,7 +195,7 @@ def test_one_bad_spec_rejects_the_whole_enqueue_many_batch():
 def test_bad_enqueue_options_are_value_errors_and_insert_nothing(options, fragment):
     with pytest.raises(ValueError, match=re.escape(fragment)):
         enqueue("workers.tasks.echo", [1], **options)
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -206,8 +206,8 @@ def test_refused_enqueue_leaves_the_callers_transaction_usable():
             with pytest.raises(ValueError, match=r"delay must be|kwargs\['x'\]"):
                 enqueue("workers.tasks.echo", [1], **bad)
         handle = enqueue("workers.tasks.echo", [2])
-        assert QueueMessage.objects.filter(task_id=handle.task_id).exists()
-    assert QueueMessage.objects.count() == 1
+        assert Job.objects.filter(task_id=handle.task_id).exists()
+    assert Job.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -219,13 +219,13 @@ def test_args_must_be_a_list_and_kwargs_a_dict(args, kwargs, fragment):
     name = "" if fragment == "task name" else "workers.tasks.echo"
     with pytest.raises(ValueError, match=fragment):
         enqueue(name, args, kwargs)
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
 def test_delay_sets_available_at_from_the_database_clock():
     handle = enqueue("workers.tasks.echo", [1], delay=90)
-    row = QueueMessage.objects.get(task_id=handle.task_id)
+    row = Job.objects.get(task_id=handle.task_id)
     assert_offset(row, 90)
 
 
@@ -233,7 +233,7 @@ def test_delay_sets_available_at_from_the_database_clock():
 def test_eta_sets_available_at_exactly():
     eta = dt.datetime(2031, 3, 4, 5, 6, 7, 123456, tzinfo=dt.UTC)
     handle = enqueue("workers.tasks.echo", [1], eta=eta)
-    assert QueueMessage.objects.get(task_id=handle.task_id).available_at == eta
+    assert Job.objects.get(task_id=handle.task_id).available_at == eta
 
 
 @pytest.mark.django_db
@@ -242,18 +242,18 @@ def test_dedup_key_returns_the_live_duplicate_and_inserts_no_row():
     second = enqueue("workers.tasks.echo", [2], dedup_key="report:42")
     assert second.task_id == first.task_id
     assert (second.task_name, second.queue_name) == ("workers.tasks.echo", "default")
-    assert QueueMessage.objects.count() == 1
-    assert QueueMessage.objects.get().payload["args"] == [1]  # the first one wins
+    assert Job.objects.count() == 1
+    assert Job.objects.get().payload["args"] == [1]  # the first one wins
     other = enqueue("workers.tasks.echo", [3], dedup_key="report:43")
     assert other.task_id != first.task_id
-    assert QueueMessage.objects.count() == 2
+    assert Job.objects.count() == 2
 
 
 @pytest.mark.django_db
 def test_enqueue_many_copies_immediate_jobs_in_order_with_their_handles():
     handles = enqueue_many(job("workers.tasks.echo", [i], priority=i % 3) for i in range(1000))
     assert len(handles) == 1000
-    rows = {r.task_id: r for r in QueueMessage.objects.all()}
+    rows = {r.task_id: r for r in Job.objects.all()}
     assert len(rows) == 1000
     for i, handle in enumerate(handles):
         row = rows[handle.task_id]
@@ -275,7 +275,7 @@ def test_enqueue_many_with_delayed_rows_sets_available_at_per_row():
             job("workers.tasks.echo", [3], delay=2.5, queue="slow", max_attempts=5),
         ]
     )
-    rows = [QueueMessage.objects.get(task_id=h.task_id) for h in handles]
+    rows = [Job.objects.get(task_id=h.task_id) for h in handles]
     assert [r.payload["args"] for r in rows] == [[0], [1], [2], [3]]
     assert_offset(rows[0], 0)
     assert_offset(rows[1], 60)
@@ -299,8 +299,8 @@ def test_enqueue_many_with_dedup_keys_returns_existing_task_ids():
     assert handles[0].task_id == existing.task_id
     assert handles[2].task_id == handles[1].task_id
     assert len({h.task_id for h in handles}) == 4
-    assert QueueMessage.objects.count() == 4  # a (the existing row), b, c, plain
-    by_key = {r.dedup_key: r for r in QueueMessage.objects.exclude(dedup_key=None)}
+    assert Job.objects.count() == 4  # a (the existing row), b, c, plain
+    by_key = {r.dedup_key: r for r in Job.objects.exclude(dedup_key=None)}
     assert by_key["a"].payload["args"] == [0]
     assert by_key["b"].payload["args"] == [2]
     assert_offset(by_key["c"], 30)
@@ -310,25 +310,21 @@ def test_enqueue_many_with_dedup_keys_returns_existing_task_ids():
 def test_dedup_key_is_free_again_after_the_first_job_finishes():
     first = enqueue("workers.tasks.echo", [1], dedup_key="sync:7")
     with db_connection.worker_connection() as conn:
-        [msg] = queries.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+        [msg] = queries.job_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
         # Still live while claimed: a second enqueue joins it.
         assert enqueue("workers.tasks.echo", [2], dedup_key="sync:7").task_id == first.task_id
-        assert queries.message_ack(conn, [queries.Success(msg, "1", db_now())], ttl=60) == {
-            msg.msg_id
-        }
+        assert queries.job_ack(conn, [queries.Success(msg, "1", db_now())], ttl=60) == {msg.msg_id}
     again = enqueue("workers.tasks.echo", [3], dedup_key="sync:7")
     assert again.task_id != first.task_id
-    assert QueueMessage.objects.get().task_id == again.task_id
+    assert Job.objects.get().task_id == again.task_id
 
 
 @pytest.mark.django_db(transaction=True)
 def test_dedup_key_is_free_again_after_the_first_job_is_dead_lettered():
     first = enqueue("workers.tasks.echo", [1], dedup_key="sync:8", max_attempts=1)
     with db_connection.worker_connection() as conn:
-        [msg] = queries.message_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
-        buried = queries.message_bury(
-            conn, [queries.Bury(msg, "exhausted", "boom", "", None)], ttl=60
-        )
+        [msg] = queries.job_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
+        buried = queries.job_bury(conn, [queries.Bury(msg, "exhausted", "boom", "", None)], ttl=60)
         assert buried == {msg.msg_id}
     again = enqueue("workers.tasks.echo", [2], dedup_key="sync:8")
     assert again.task_id != first.task_id
@@ -345,7 +341,7 @@ def test_bulk_copy_round_trips_awkward_text_exactly():
         + [job("workers.tasks.echo", [1], resource_key="res\\path\nx")]
         + [job("workers.tasks.echo", [2], queue="q\\1\tx\n")]
     )
-    rows = {m.task_id: m for m in QueueMessage.objects.all()}
+    rows = {m.task_id: m for m in Job.objects.all()}
     assert len(rows) == 5
     assert rows[handles[4].task_id].queue_name == handles[4].queue_name == "q\\1\tx\n"
     for handle in handles[:3]:

@@ -1,7 +1,7 @@
 """The process-wide result wake-ups: they recover from failures, and decode like polling does.
 
 Jobs are enqueued through Django, claimed and acked on a real ``worker_connection()`` with the
-worker's own statements (``queries.message_claim`` / ``message_ack``), so the NOTIFY a waiter
+worker's own statements (``queries.job_claim`` / ``job_ack``), so the NOTIFY a waiter
 receives is the one a worker sends.
 """
 
@@ -20,7 +20,7 @@ from pg_queue import results
 from pg_queue.core.outcomes import Success
 from pg_queue.db import connection as db_connection
 from pg_queue.db import queries
-from pg_queue.results import TaskHandle, TaskOutcome
+from pg_queue.results import JobHandle, JobOutcome
 from workers import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,8 +82,8 @@ def conn() -> Iterator[psycopg.Connection[Any]]:
 
 def finish(conn: psycopg.Connection[Any], queue: str, result_json: str, *, notify: bool) -> None:
     """Claim the one job of ``queue`` and ack it with ``result_json``, as a worker does."""
-    [msg] = queries.message_claim(conn, queue=queue, limit=1, lease=60, worker_id="test")
-    assert queries.message_ack(
+    [msg] = queries.job_claim(conn, queue=queue, limit=1, lease=60, worker_id="test")
+    assert queries.job_ack(
         conn, [Success(msg, result_json, msg.claimed_at)], ttl=60, notify=notify
     ) == {msg.msg_id}
 
@@ -176,7 +176,7 @@ def test_a_retry_while_connecting_hangs_does_not_hold_up_waits(database, monkeyp
 # --- 3. one JSON decoder: the NOTIFY path and polling agree -----------------------------------
 
 
-def outcome_by_notify(conn: psycopg.Connection[Any], result_json: str, monkeypatch) -> TaskOutcome:
+def outcome_by_notify(conn: psycopg.Connection[Any], result_json: str, monkeypatch) -> JobOutcome:
     """The outcome a waiter gets when the NOTIFY wakes it (the result may ride along)."""
     monkeypatch.setattr(results, "WAIT_POLL_LISTENING", NO_FALLBACK_POLL)
     queue = new_queue()
@@ -204,7 +204,7 @@ def stored_by_sql(result_sql: str) -> uuid.UUID:
 
 
 def test_an_integer_beyond_64_bits_is_reported_the_same_by_polling_and_by_notify(conn, monkeypatch):
-    polled = TaskHandle(stored_by_sql(BEYOND_64_BITS)).wait(timeout=5)
+    polled = JobHandle(stored_by_sql(BEYOND_64_BITS)).wait(timeout=5)
     notified = outcome_by_notify(conn, BEYOND_64_BITS, monkeypatch)
 
     for outcome in (polled, notified):
@@ -221,7 +221,7 @@ def test_an_integer_beyond_64_bits_is_reported_the_same_by_polling_and_by_notify
 
 
 def test_an_undecodable_result_is_an_outcome_from_status_and_outcome_too():
-    handle = TaskHandle(stored_by_sql(BEYOND_64_BITS))
+    handle = JobHandle(stored_by_sql(BEYOND_64_BITS))
     assert handle.status() == "succeeded"
     outcome = handle.outcome()
     assert (outcome.status, outcome.result, outcome.ok) == ("succeeded", None, False)
@@ -241,6 +241,6 @@ def test_notify_and_polling_decode_a_stored_result_to_the_same_value(
     conn, monkeypatch, result_json
 ):
     notified = outcome_by_notify(conn, result_json, monkeypatch)
-    polled = TaskHandle(notified.task_id).outcome()
+    polled = JobHandle(notified.task_id).outcome()
     assert notified == polled
     assert notified.ok

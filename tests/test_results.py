@@ -1,4 +1,4 @@
-"""``TaskHandle``: status and ``wait`` report outcomes as values and never raise for them."""
+"""``JobHandle``: status and ``wait`` report outcomes as values and never raise for them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from django.test.utils import CaptureQueriesContext
 
 from pg_queue import results
 from pg_queue.core.exceptions import WaitInTransactionError
-from pg_queue.models import QueueMessage
+from pg_queue.models import Job
 from pg_queue.producer import call, enqueue
-from pg_queue.results import TaskHandle
+from pg_queue.results import JobHandle
 from workers import tasks
 
 
@@ -62,7 +62,7 @@ def test_wait_times_out_as_a_value_for_a_job_nobody_runs():
 
 @pytest.mark.django_db(transaction=True)
 def test_wait_for_an_unknown_task_id_times_out_and_says_never_seen():
-    handle = TaskHandle(uuid.uuid4())
+    handle = JobHandle(uuid.uuid4())
     outcome = handle.wait(timeout=0)
     assert outcome.status == "timeout"
     assert "never seen" in outcome.error
@@ -133,14 +133,14 @@ def test_call_arms_the_wake_up_first_so_its_only_query_is_the_insert(
 def test_call_inside_atomic_refuses_before_inserting_anything():
     with pytest.raises(WaitInTransactionError), transaction.atomic():
         call("workers.tasks.echo", [1], timeout=1)
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 @pytest.mark.django_db
 def test_enqueue_with_a_task_id_uses_it_and_refuses_a_non_uuid():
     chosen = uuid.uuid4()
     assert enqueue("workers.tasks.echo", [1], task_id=chosen).task_id == chosen
-    assert QueueMessage.objects.get().task_id == chosen
+    assert Job.objects.get().task_id == chosen
     with pytest.raises(ValueError, match=r"task_id must be a uuid\.UUID"):
         enqueue("workers.tasks.echo", [1], task_id=str(uuid.uuid4()))
 

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 
 from pg_queue import producer
 from pg_queue.core.exceptions import DuplicateTaskId
-from pg_queue.models import QueueMessage, TaskResult
+from pg_queue.models import Job, TaskResult
 from pg_queue.producer import call, enqueue, enqueue_many, job
 from tests.payload_echo import echo
 
@@ -39,8 +39,8 @@ def test_enqueue_with_the_id_of_a_live_job_is_refused_and_the_transaction_stays_
         with pytest.raises(DuplicateTaskId, match=rf"{task_id} by a live job \(ready\)"):
             enqueue(echo.name, [2], task_id=task_id)
         other = enqueue(echo.name, [3])
-    assert QueueMessage.objects.get(task_id=task_id).payload["args"] == [1]
-    assert QueueMessage.objects.filter(task_id=other.task_id).exists()
+    assert Job.objects.get(task_id=task_id).payload["args"] == [1]
+    assert Job.objects.filter(task_id=other.task_id).exists()
 
 
 @pytest.mark.django_db
@@ -50,7 +50,7 @@ def test_enqueue_with_the_id_of_a_stored_result_is_refused():
     store_result(task_id)
     with pytest.raises(DuplicateTaskId, match=rf"{task_id} by a stored result \(succeeded\)"):
         enqueue(echo.name, [1], task_id=task_id)
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -72,8 +72,8 @@ def test_enqueue_many_refuses_ids_in_use_with_one_query_and_writes_nothing(delay
         assert str(finished) in str(info.value)
         assert str(fresh) not in str(info.value)
         assert sum("pg_task_result" in q["sql"] for q in queries) == 1
-        assert QueueMessage.objects.count() == 1  # only the earlier job
-    assert set(QueueMessage.objects.values_list("task_id", flat=True)) == {live}
+        assert Job.objects.count() == 1  # only the earlier job
+    assert set(Job.objects.values_list("task_id", flat=True)) == {live}
 
 
 @pytest.mark.django_db
@@ -82,7 +82,7 @@ def test_enqueue_many_refuses_an_id_given_twice_in_the_batch():
     specs = [job(echo.name, [1], task_id=task_id), job(echo.name, [2], task_id=task_id, delay=5)]
     with pytest.raises(DuplicateTaskId, match=re.escape(f"{task_id} is given to two jobs")):
         enqueue_many(specs)
-    assert QueueMessage.objects.count() == 0
+    assert Job.objects.count() == 0
 
 
 @pytest.mark.django_db
@@ -99,7 +99,7 @@ def test_enqueue_many_with_unused_ids_keeps_them_and_their_order():
     assert handles[0].task_id == ids[0]
     assert handles[2].task_id == ids[1]
     assert handles[3].task_id == ids[2]
-    rows = {m.task_id: m for m in QueueMessage.objects.all()}
+    rows = {m.task_id: m for m in Job.objects.all()}
     assert len(rows) == 4
     assert rows[ids[0]].payload["args"] == [0]
     assert rows[ids[0]].available_at <= rows[ids[0]].enqueued_at + dt.timedelta(seconds=1)
@@ -119,7 +119,7 @@ def test_an_id_inserted_concurrently_after_the_check_is_still_duplicate_task_id(
         with pytest.raises(DuplicateTaskId, match=str(task_id)):
             enqueue_many([job(echo.name, [3], task_id=task_id)])
         enqueue(echo.name, [4])
-    assert QueueMessage.objects.count() == 2
+    assert Job.objects.count() == 2
 
 
 @pytest.mark.django_db

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from django.db import connection
 
-from pg_queue.models import DeadLetter, QueueMessage, TaskResult, Worker
+from pg_queue.models import DeadLetter, Job, TaskResult, Worker
 from pg_queue.producer import enqueue, enqueue_many
 from tests.conftest import REPO_ROOT, worker_command
 from workers import tasks
@@ -53,9 +53,7 @@ def test_burst_worker_runs_jobs_and_leaves_other_queues_alone(run_worker):
         result = TaskResult.objects.get(task_id=handle.task_id)
         assert (result.status, result.result, result.attempts) == ("succeeded", 2 * i, 1)
         assert result.started_at is not None
-    assert list(QueueMessage.objects.values_list("task_id", "state")) == [
-        (elsewhere.task_id, "ready")
-    ]
+    assert list(Job.objects.values_list("task_id", "state")) == [(elsewhere.task_id, "ready")]
     assert not Worker.objects.exists()
 
 
@@ -68,7 +66,7 @@ def test_max_tasks_worker_exits_after_that_many_jobs_even_with_more_queued(run_w
     assert_clean_exit(code, output)
     assert "claimed=3 succeeded=3" in output
     assert TaskResult.objects.count() == 3
-    assert QueueMessage.objects.filter(state="ready").count() == 4
+    assert Job.objects.filter(state="ready").count() == 4
 
 
 def test_unknown_task_and_undecodable_payloads_are_dead_lettered_and_the_worker_goes_on(
@@ -84,7 +82,7 @@ def test_unknown_task_and_undecodable_payloads_are_dead_lettered_and_the_worker_
     code, output = run_worker("--concurrency", "2")
     assert_clean_exit(code, output)
 
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     letters = {str(d.task_id): d for d in DeadLetter.objects.all()}
     assert set(letters) == {str(unknown.task_id), garbage, args_not_list, kwargs_not_object}
     assert letters[str(unknown.task_id)].reason == "unknown_task"
@@ -118,7 +116,7 @@ def test_malformed_continuation_in_a_payload_is_dead_lettered_not_fatal(run_work
     assert (str(letter.task_id), letter.reason) == (bad, "undecodable")
     assert TaskResult.objects.get(task_id=bad).status == "failed"
     assert TaskResult.objects.get(task_id=good.task_id).result == "fine"
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 def test_flaky_task_retries_then_succeeds_with_attempts_recorded(run_worker):
@@ -132,7 +130,7 @@ def test_flaky_task_retries_then_succeeds_with_attempts_recorded(run_worker):
         result = TaskResult.objects.get(task_id=handle.task_id)
         assert (result.status, result.result, result.attempts) == ("succeeded", attempts, attempts)
     assert not DeadLetter.objects.exists()
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 def test_always_failing_task_is_dead_lettered_with_error_and_traceback(run_worker):
@@ -140,7 +138,7 @@ def test_always_failing_task_is_dead_lettered_with_error_and_traceback(run_worke
     code, output = run_worker("--concurrency", "1")
     assert_clean_exit(code, output)
     assert "dead_lettered=1" in output
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     letter = DeadLetter.objects.get(task_id=handle.task_id)
     assert letter.reason == "exhausted"
     assert (letter.attempts, letter.max_attempts) == (2, 2)
@@ -180,7 +178,7 @@ def test_worker_drains_5000_jobs_recording_every_outcome_exactly_once(run_worker
     assert_clean_exit(code, output)
     assert f"succeeded={total}" in output
     assert "lease_lost=0" in output
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     assert not DeadLetter.objects.exists()
     rows = list(TaskResult.objects.values_list("task_id", "status", "result", "attempts"))
     assert len(rows) == total
@@ -202,7 +200,7 @@ def test_two_burst_workers_share_a_queue_without_running_a_job_twice(background_
     assert sum(succeeded) == total  # each job acked by exactly one of them
     assert TaskResult.objects.filter(status="succeeded", attempts=1).count() == total
     assert set(TaskResult.objects.values_list("task_id", flat=True)) == {h.task_id for h in handles}
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 class ServingWorker:

@@ -1,4 +1,4 @@
-"""The operator surface in the Django admin: queues overview, messages, dead letters, results,
+"""The operator surface in the Django admin: queues overview, jobs, dead letters, results,
 workers.
 
 Raw rows are never edited here: a saved form would write stale copies of columns a worker owns
@@ -9,16 +9,16 @@ one batch: who did what to which job. List pages run a fixed number of queries, 
 rows they show (no per-row lookups: the database clock and in-flight counts are annotations).
 """
 
-from pg_queue.admin import messages, records  # noqa: F401  (registers the ModelAdmins)
+from pg_queue.admin import jobs, records  # noqa: F401  (registers the ModelAdmins)
 from pg_queue.admin.base import MAX_CONFIRM_ROWS, OperatorAdmin
-from pg_queue.admin.messages import QueueMessageAdmin
+from pg_queue.admin.jobs import JobAdmin
 from pg_queue.admin.records import DeadLetterAdmin, TaskResultAdmin, WorkerAdmin
 
 __all__ = [
     "MAX_CONFIRM_ROWS",
     "DeadLetterAdmin",
+    "JobAdmin",
     "OperatorAdmin",
-    "QueueMessageAdmin",
     "TaskResultAdmin",
     "WorkerAdmin",
 ]

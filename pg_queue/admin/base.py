@@ -22,7 +22,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from pg_queue.models import MessageState
+from pg_queue.models import JobState
 
 #: Both places an action can run from: the list (selected rows) and a row's detail page.
 BOTH = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
@@ -146,7 +146,7 @@ class TaskInputFilter(InputFilter):
     field_name = "task_name"
 
 
-class MessageStateFilter(admin.SimpleListFilter):
+class JobStateFilter(admin.SimpleListFilter):
     """The state column, split the way operators think: due, delayed, running, stuck."""
 
     title = "state"
@@ -165,11 +165,11 @@ class MessageStateFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         now = Now()
         conditions = {
-            "ready": Q(state=MessageState.READY),
-            "due": Q(state=MessageState.READY, available_at__lte=now),
-            "delayed": Q(state=MessageState.READY, available_at__gt=now),
-            "claimed": Q(state=MessageState.CLAIMED),
-            "lease_expired": Q(state=MessageState.CLAIMED, vt__lt=now),
+            "ready": Q(state=JobState.READY),
+            "due": Q(state=JobState.READY, available_at__lte=now),
+            "delayed": Q(state=JobState.READY, available_at__gt=now),
+            "claimed": Q(state=JobState.CLAIMED),
+            "lease_expired": Q(state=JobState.CLAIMED, vt__lt=now),
             "cancel_requested": Q(cancel_requested=True),
         }
         condition = conditions.get(self.value() or "")
@@ -196,8 +196,8 @@ class AttemptsFilter(admin.SimpleListFilter):
             return queryset.filter(attempts__gt=1)
         if value == "last":  # a failure now would dead-letter it (retried jobs only)
             return queryset.filter(
-                Q(state=MessageState.READY, attempts__gte=F("max_attempts") - 1)
-                | Q(state=MessageState.CLAIMED, attempts__gte=F("max_attempts")),
+                Q(state=JobState.READY, attempts__gte=F("max_attempts") - 1)
+                | Q(state=JobState.CLAIMED, attempts__gte=F("max_attempts")),
                 attempts__gt=0,
             )
         return queryset

@@ -26,7 +26,7 @@ from pg_queue.admin.base import (
     _search_by_id,
     _short,
 )
-from pg_queue.models import DeadLetter, MessageState, QueueMessage, TaskResult, Worker
+from pg_queue.models import DeadLetter, Job, JobState, TaskResult, Worker
 from pg_queue.ops import masking, operations, overview
 from pg_queue.ops.overview import format_age
 
@@ -131,7 +131,7 @@ class DeadLetterAdmin(OperatorAdmin):
             request,
             _ref_letters(requeued),
             DELETION,
-            "Requeued as a fresh message (same task id, attempts 0)",
+            "Requeued as a fresh job (same task id, attempts 0)",
         )
         self.message_user(
             request,
@@ -295,7 +295,7 @@ class WorkerAdmin(OperatorAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         in_flight = (
-            QueueMessage.objects.filter(state=MessageState.CLAIMED, worker_id=OuterRef("pk"))
+            Job.objects.filter(state=JobState.CLAIMED, worker_id=OuterRef("pk"))
             .order_by()
             .values("worker_id")
             .annotate(n=Count("pk"))

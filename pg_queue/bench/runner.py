@@ -177,7 +177,7 @@ def _bulk(task_name: str, n: int, start: int = 0, delay: float | None = None) ->
 
 def _deleted_rows() -> int:
     """Rows deleted from the message table so far (cumulative statistics; for progress)."""
-    value = _scalar(sql_ops.BENCH_MESSAGES_DELETED)
+    value = _scalar(sql_ops.BENCH_JOBS_DELETED)
     return int(value or 0)
 
 

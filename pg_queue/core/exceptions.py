@@ -42,7 +42,7 @@ class Retry(PgQueueError):
         self.delay = delay
         self.reason = reason
         # True when the task itself enforces its retry limit (Celery's max_retries): the
-        # message's max_attempts must not cut it short.
+        # job's max_attempts must not cut it short.
         self.bounded_by_task = bounded_by_task
         super().__init__(reason or "retry requested")
 

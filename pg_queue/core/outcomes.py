@@ -1,6 +1,6 @@
-"""Value objects of a claimed job's life: the claimed message, and how its run ended.
+"""Value objects of a claimed job's life: the claimed job, and how its run ended.
 
-Pure data: the claim loop builds ``ClaimedMessage``; task threads turn a run into one of the
+Pure data: the claim loop builds ``ClaimedJob``; task threads turn a run into one of the
 outcomes (``Success``, ``RetryLater``, ``Bury``, ``Cancelled``); the finisher writes them. Every
 text an outcome carries is already safe to store (``storable_text``): PostgreSQL refuses NUL in
 text, and a lone surrogate cannot even be encoded, so an error message from a PDF parser must not
@@ -18,11 +18,11 @@ from pg_queue.core.payload import ContinuationSpec
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimedMessage:
-    """A message this worker holds a lease on.
+class ClaimedJob:
+    """A job this worker holds a lease on.
 
     ``payload_text`` is the stored JSON as text: the claim loop decodes it inside its
-    per-message guard, so one undecodable payload cannot take its whole batch down.
+    per-job guard, so one undecodable payload cannot take its whole batch down.
     """
 
     msg_id: int
@@ -41,7 +41,7 @@ class ClaimedMessage:
 
 @dataclass(frozen=True, slots=True)
 class Success:
-    msg: ClaimedMessage
+    msg: ClaimedJob
     result_json: str | None  # None: the task does not store results
     started_at: dt.datetime
     on_success: ContinuationSpec | None = None
@@ -51,7 +51,7 @@ class Success:
 
 @dataclass(frozen=True, slots=True)
 class RetryLater:
-    msg: ClaimedMessage
+    msg: ClaimedJob
     delay: float
     error: str
     # Raise the row's max_attempts to at least this (a Celery task's own self.retry(max_retries=)
@@ -62,7 +62,7 @@ class RetryLater:
 
 @dataclass(frozen=True, slots=True)
 class Bury:
-    msg: ClaimedMessage
+    msg: ClaimedJob
     reason: str
     error: str
     traceback: str
@@ -74,7 +74,7 @@ class Bury:
 class Cancelled:
     """An operator cancelled the job; it ends with a 'cancelled' outcome and fires on_error."""
 
-    msg: ClaimedMessage
+    msg: ClaimedJob
     error: str
     on_error: ContinuationSpec | None = None
 

@@ -1,7 +1,7 @@
-"""The wire contract: what a message's ``payload`` column holds, and how values become JSON.
+"""The wire contract: what a job's ``payload`` column holds, and how values become JSON.
 
 No pickle, ever. Arguments are coerced to JSON at the boundary (enqueue) so that a bad value is a
-``ValueError`` naming the argument path in the caller's stack, not a poison message in a worker
+``ValueError`` naming the argument path in the caller's stack, not a poison job in a worker
 nor a server error that aborts the caller's transaction.
 
 What travels is exactly what comes back (``loads(dumps(x)) == x``, type for type, through
@@ -348,7 +348,7 @@ class ContinuationSpec:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskPayload:
-    """Decoded contents of a message's ``payload`` column."""
+    """Decoded contents of a job's ``payload`` column."""
 
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)

@@ -15,35 +15,35 @@ import orjson
 import psycopg
 
 from pg_queue.core.conf import RESULT_CHANNEL
-from pg_queue.core.outcomes import Bury, Cancelled, ClaimedMessage, RetryLater, Success
+from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, RetryLater, Success
 from pg_queue.db import sql
 
 
-def message_claim(
+def job_claim(
     conn: psycopg.Connection[Any], *, queue: str, limit: int, lease: float, worker_id: str
-) -> list[ClaimedMessage]:
-    """Claim up to ``limit`` due messages of ``queue``; never more, never one held elsewhere."""
+) -> list[ClaimedJob]:
+    """Claim up to ``limit`` due jobs of ``queue``; never more, never one held elsewhere."""
     rows = conn.execute(
-        sql.MESSAGE_CLAIM,
+        sql.JOB_CLAIM,
         {"queue": queue, "limit": limit, "lease": lease, "worker_id": worker_id},
     ).fetchall()
-    return [ClaimedMessage(*row) for row in rows]  # payloads as text: decoded one by one
+    return [ClaimedJob(*row) for row in rows]  # payloads as text: decoded one by one
 
 
-def message_due_soon(
+def job_due_soon(
     conn: psycopg.Connection[Any], *, queues: list[str], lookahead: float, lease: float
 ) -> bool:
-    """Anything a --burst worker should still wait for (see ``sql.MESSAGE_DUE_SOON``)."""
+    """Anything a --burst worker should still wait for (see ``sql.JOB_DUE_SOON``)."""
     row = conn.execute(
-        sql.MESSAGE_DUE_SOON, {"queues": queues, "lookahead": lookahead, "lease": lease}
+        sql.JOB_DUE_SOON, {"queues": queues, "lookahead": lookahead, "lease": lease}
     ).fetchone()
     return bool(row and row[0])
 
 
-def message_ack(
+def job_ack(
     conn: psycopg.Connection[Any], items: list[Success], *, ttl: float, notify: bool = False
 ) -> set[int]:
-    """Delete acked messages and store their outcomes in one statement; returns acked ids."""
+    """Delete acked jobs and store their outcomes in one statement; returns acked ids."""
     batch = orjson.dumps(
         [
             {
@@ -57,7 +57,7 @@ def message_ack(
         ]
     ).decode()
     rows = conn.execute(
-        sql.MESSAGE_ACK,
+        sql.JOB_ACK,
         {
             "batch": batch,
             "ttl": ttl,
@@ -68,9 +68,9 @@ def message_ack(
     return {r[0] for r in rows}
 
 
-def message_retry(conn: psycopg.Connection[Any], items: list[RetryLater]) -> set[int]:
+def job_retry(conn: psycopg.Connection[Any], items: list[RetryLater]) -> set[int]:
     rows = conn.execute(
-        sql.MESSAGE_RETRY,
+        sql.JOB_RETRY,
         {
             "msg_ids": [r.msg.msg_id for r in items],
             "tokens": [r.msg.lease_token for r in items],
@@ -82,12 +82,12 @@ def message_retry(conn: psycopg.Connection[Any], items: list[RetryLater]) -> set
     return {r[0] for r in rows}
 
 
-def message_bury(
+def job_bury(
     conn: psycopg.Connection[Any], items: list[Bury], *, ttl: float, notify: bool = False
 ) -> set[int]:
-    """Dead-letter messages and record failed outcomes in one statement; returns moved ids."""
+    """Dead-letter jobs and record failed outcomes in one statement; returns moved ids."""
     rows = conn.execute(
-        sql.MESSAGE_BURY,
+        sql.JOB_BURY,
         {
             "msg_ids": [b.msg.msg_id for b in items],
             "tokens": [b.msg.lease_token for b in items],
@@ -144,12 +144,12 @@ def lease_extend(
     return lease_renew(conn, held, lease=lease).renewed
 
 
-def message_cancel(
+def job_cancel(
     conn: psycopg.Connection[Any], items: list[Cancelled], *, ttl: float, notify: bool = False
 ) -> set[int]:
     """Finish operator-cancelled jobs with a 'cancelled' outcome; returns the ids finished."""
     rows = conn.execute(
-        sql.MESSAGE_CANCEL,
+        sql.JOB_CANCEL,
         {
             "msg_ids": [c.msg.msg_id for c in items],
             "tokens": [c.msg.lease_token for c in items],
@@ -162,13 +162,13 @@ def message_cancel(
     return {r[0] for r in rows}
 
 
-def message_release(
+def job_release(
     conn: psycopg.Connection[Any],
     held: dict[int, uuid.UUID],
     *,
     started: set[int] | frozenset[int] = frozenset(),
 ) -> set[int]:
-    """Hand claimed messages back to the queue (graceful shutdown).
+    """Hand claimed jobs back to the queue (graceful shutdown).
 
     A job that never started gets its attempt back; one in ``started`` keeps it (attempts
     count executions started, whether or not they finished).
@@ -176,7 +176,7 @@ def message_release(
     if not held:
         return set()
     rows = conn.execute(
-        sql.MESSAGE_RELEASE,
+        sql.JOB_RELEASE,
         {
             "msg_ids": list(held),
             "tokens": list(held.values()),
@@ -186,12 +186,12 @@ def message_release(
     return {r[0] for r in rows}
 
 
-def message_rearm(conn: psycopg.Connection[Any], *, limit: int) -> int:
+def job_rearm(conn: psycopg.Connection[Any], *, limit: int) -> int:
     """Return expired claims with attempts left to ready; returns how many."""
-    return len(conn.execute(sql.MESSAGE_REARM, {"limit": limit}).fetchall())
+    return len(conn.execute(sql.JOB_REARM, {"limit": limit}).fetchall())
 
 
-def message_rearm_exhausted(
+def job_rearm_exhausted(
     conn: psycopg.Connection[Any], *, limit: int, ttl: float, notify: bool = False
 ) -> list[tuple[uuid.UUID, str, str, str, str]]:
     """Dead-letter expired claims on their last attempt; waiters on them are woken.
@@ -201,14 +201,14 @@ def message_rearm_exhausted(
     its own guard.
     """
     return conn.execute(
-        sql.MESSAGE_REARM_EXHAUSTED,
+        sql.JOB_REARM_EXHAUSTED,
         {"limit": limit, "ttl": ttl, "notify": notify, "channel": RESULT_CHANNEL},
     ).fetchall()
 
 
-def message_insert_many(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+def job_insert_many(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
     """Insert rows prepared by ``producer.bulk_params`` (continuations from the worker)."""
-    conn.execute(sql.MESSAGE_INSERT_MANY, params)
+    conn.execute(sql.JOB_INSERT_MANY, params)
 
 
 def result_sweep(conn: psycopg.Connection[Any], *, limit: int) -> int:

@@ -10,7 +10,7 @@ Parameters are named (``%(name)s``); arrays are passed as Python lists.
 
 #: One row. ON CONFLICT covers only the partial unique dedup index; RETURNING nothing means a
 #: live duplicate exists. pg_notify is transactional: it is delivered only if the caller commits.
-MESSAGE_INSERT = """
+JOB_INSERT = """
 WITH ins AS (
     INSERT INTO pg_queue_message (
         task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
@@ -26,19 +26,19 @@ WITH ins AS (
 SELECT task_id, CASE WHEN %(notify)s THEN pg_notify(%(channel)s, %(queue)s) END FROM ins
 """
 
-MESSAGE_BY_DEDUP_KEY = """
+JOB_BY_DEDUP_KEY = """
 SELECT task_id, task_name, queue_name FROM pg_queue_message WHERE dedup_key = %(dedup_key)s
 """
 
 #: Bulk path for immediate jobs; the omitted columns take their database defaults (now(), ...).
-MESSAGE_COPY = """
+JOB_COPY = """
 COPY pg_queue_message (
     task_id, queue_name, task_name, payload, priority, max_attempts, tenant_key, resource_key
 ) FROM STDIN
 """
 
 #: Bulk path for delayed jobs: one statement per chunk.
-MESSAGE_INSERT_MANY = """
+JOB_INSERT_MANY = """
 INSERT INTO pg_queue_message (
     task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
     max_attempts, tenant_key, resource_key
@@ -70,7 +70,7 @@ NOTIFY = "SELECT pg_notify(%(channel)s, %(queue)s)"
 #: Lock up to ``limit`` due rows of one queue in claim order, skipping rows other claimers hold,
 #: then mark them ours in the same statement. The CTE-join form claims exactly the rows the CTE
 #: locked (the ``WHERE id IN (SELECT ... LIMIT n)`` form may re-run the subquery and over-claim).
-MESSAGE_CLAIM = """
+JOB_CLAIM = """
 WITH picked AS (
     SELECT msg_id FROM pg_queue_message
     WHERE state = 'ready' AND queue_name = %(queue)s AND available_at <= now()
@@ -93,7 +93,7 @@ RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text, m.att
 
 #: Does a --burst worker still have anything to wait for: a row due within the lookahead, or a
 #: claim of a dead worker (no heartbeat for a lease) that re-arm will hand back within it?
-MESSAGE_DUE_SOON = """
+JOB_DUE_SOON = """
 SELECT EXISTS (
     SELECT 1 FROM pg_queue_message
     WHERE state = 'ready' AND queue_name = ANY(%(queues)s)
@@ -117,7 +117,7 @@ SELECT EXISTS (
 #: Returns the msg_ids actually acked; a missing id means the lease was lost (no-op for us).
 #: The batch travels as one JSON document ([{i: msg_id, t: token, s: started epoch, k: keep?,
 #: r: result}, ...]): one parameter to send instead of five arrays dumped element by element.
-MESSAGE_ACK = """
+JOB_ACK = """
 WITH a AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
         AS a(i bigint, t uuid, s double precision, k boolean, r jsonb)
@@ -158,7 +158,7 @@ SELECT msg_id FROM done, woken
 """
 
 #: Put failed-but-retryable jobs back, due after their backoff. Gated on the lease.
-MESSAGE_RETRY = """
+JOB_RETRY = """
 UPDATE pg_queue_message AS m
 SET state = 'ready',
     available_at = now() + make_interval(secs => a.delay),
@@ -187,7 +187,7 @@ _WAKE_WAITERS = """
 
 #: Move jobs that will not run again to the dead-letter table and record a failed outcome, in
 #: one statement. Gated on the lease; returns the msg_ids actually moved.
-MESSAGE_BURY = (
+JOB_BURY = (
     """
 WITH gone AS (
     DELETE FROM pg_queue_message AS m
@@ -227,7 +227,7 @@ SELECT msg_id FROM gone, woken
 
 #: Finish jobs an operator cancelled while they were claimed: delete the row (lease-gated) and
 #: record a 'cancelled' outcome. No dead letter: nothing failed.
-MESSAGE_CANCEL = (
+JOB_CANCEL = (
     """
 WITH gone AS (
     DELETE FROM pg_queue_message AS m
@@ -283,7 +283,7 @@ FROM held AS a LEFT JOIN renewed AS r ON r.msg_id = a.msg_id
 
 #: Hand back jobs we claimed (graceful shutdown). Those that never started get their attempt
 #: back (``refund``); those that ran past the grace keep it: attempts count executions started.
-MESSAGE_RELEASE = """
+JOB_RELEASE = """
 UPDATE pg_queue_message AS m
 SET state = 'ready', lease_token = NULL, vt = NULL, worker_id = '',
     attempts = CASE WHEN a.refund THEN GREATEST(m.attempts - 1, 0) ELSE m.attempts END
@@ -295,7 +295,7 @@ RETURNING m.msg_id
 
 #: Any worker may run this: expired claims with attempts left go back to ready. The state and
 #: vt are re-checked on the locked row, so a job acked a moment ago is never resurrected.
-MESSAGE_REARM = """
+JOB_REARM = """
 WITH expired AS (
     SELECT msg_id FROM pg_queue_message
     WHERE state = 'claimed' AND vt < now() AND attempts < max_attempts
@@ -315,7 +315,7 @@ RETURNING m.msg_id, m.task_id, m.queue_name
 #: callers waiting on them are woken like for any other outcome. Payloads come back as text:
 #: the caller decodes each one inside its own guard (one undecodable payload must not fail the
 #: sweep for every row, on every worker, forever).
-MESSAGE_REARM_EXHAUSTED = (
+JOB_REARM_EXHAUSTED = (
     """
 WITH expired AS (
     SELECT msg_id FROM pg_queue_message
@@ -406,9 +406,9 @@ WHERE task_id IN (
 
 # --- dead letters ----------------------------------------------------------------------------
 
-#: Put dead letters back as fresh messages (attempts 0) under their original task ids, and drop
+#: Put dead letters back as fresh jobs (attempts 0) under their original task ids, and drop
 #: their failed outcomes so the next outcome can be written (results are first-write-wins).
-#: One statement: the letter, the outcome and the new message change together or not at all.
+#: One statement: the letter, the outcome and the new job change together or not at all.
 DEAD_LETTER_REQUEUE = """
 WITH letters AS (
     DELETE FROM pg_queue_dead_letter AS d

@@ -2,20 +2,20 @@
 
 ``pg_queue.db.sql`` holds the hot path (enqueue, claim, finish, leases, re-arm); this module the
 rest of the queue's own SQL, so that no other module spells queue SQL. Names are noun-first
-(``MESSAGE_RUN_NOW``, ``QUEUE_OVERVIEW``); parameters are named; times come from ``now()``.
+(``JOB_RUN_NOW``, ``QUEUE_OVERVIEW``); parameters are named; times come from ``now()``.
 """
 
 # --- operator actions (pg_queue.ops.operations) -------------------------------------------
 
 #: Due-now for delayed rows only: a row already due keeps its place in the claim order.
-MESSAGE_RUN_NOW = """
+JOB_RUN_NOW = """
 UPDATE pg_queue_message SET available_at = now()
 WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'ready' AND available_at > now()
 RETURNING msg_id, task_id, task_name, queue_name, state
 """
 
 #: Priority matters to the claim of ready rows; a running row keeps it for its retries.
-MESSAGE_SET_PRIORITY = """
+JOB_SET_PRIORITY = """
 UPDATE pg_queue_message SET priority = %(priority)s
 WHERE msg_id = ANY(%(ids)s::bigint[]) AND priority <> %(priority)s
 RETURNING msg_id, task_id, task_name, queue_name, state
@@ -23,7 +23,7 @@ RETURNING msg_id, task_id, task_name, queue_name, state
 
 #: Lock the rows to cancel, so that none changes state (claimed, retried, acked) between our
 #: look and our change. In msg_id order, so two operators never deadlock each other.
-MESSAGE_LOCK_FOR_CANCEL = """
+JOB_LOCK_FOR_CANCEL = """
 SELECT msg_id, state FROM pg_queue_message
 WHERE msg_id = ANY(%(ids)s::bigint[]) OR task_id = ANY(%(task_ids)s::uuid[])
 ORDER BY msg_id
@@ -31,7 +31,7 @@ FOR UPDATE
 """
 
 #: Queued jobs: remove them and record a 'cancelled' outcome (first write wins), one statement.
-MESSAGE_CANCEL_QUEUED = """
+JOB_CANCEL_QUEUED = """
 WITH gone AS (
     DELETE FROM pg_queue_message
     WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'ready'
@@ -50,7 +50,7 @@ SELECT msg_id, task_id, task_name, queue_name, state, payload FROM gone ORDER BY
 """
 
 #: Running jobs: ask their worker to stop them at its next safe point.
-MESSAGE_REQUEST_CANCEL = """
+JOB_REQUEST_CANCEL = """
 UPDATE pg_queue_message SET cancel_requested = true
 WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'claimed'
 RETURNING msg_id, task_id, task_name, queue_name, state
@@ -72,7 +72,7 @@ RETURNING id, task_id, task_name, queue_name, reason
 
 #: What each ``pg_queue_purge --state`` means, as a condition on pg_queue_message. Only these
 #: fixed conditions are ever formatted into the two statements below (never user input).
-MESSAGE_PURGE_WHERE = {
+JOB_PURGE_WHERE = {
     "ready": "state = 'ready' AND available_at <= now()",
     "delayed": "state = 'ready' AND available_at > now()",
     "queued": "state = 'ready'",
@@ -80,12 +80,12 @@ MESSAGE_PURGE_WHERE = {
     "all": "TRUE",
 }
 
-MESSAGE_PURGE_COUNT = """
+JOB_PURGE_COUNT = """
 SELECT count(*) FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}
 """
 
 #: One chunk of a purge (each its own short transaction), in msg_id order.
-MESSAGE_PURGE_CHUNK = """
+JOB_PURGE_CHUNK = """
 DELETE FROM pg_queue_message WHERE msg_id IN (
     SELECT msg_id FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}
     ORDER BY msg_id LIMIT %(limit)s FOR UPDATE
@@ -94,7 +94,7 @@ DELETE FROM pg_queue_message WHERE msg_id IN (
 
 # --- the overview (pg_queue.ops.overview) ---------------------------------------------------
 
-#: Everything per queue in one statement: live messages, recent outcomes, dead letters and live
+#: Everything per queue in one statement: live jobs, recent outcomes, dead letters and live
 #: workers, each aggregated once over its table and joined on the queue name.
 QUEUE_OVERVIEW = """
 WITH msg AS (
@@ -165,7 +165,7 @@ ORDER BY w.hostname, w.worker_id
 
 # --- status of one job (pg_queue.results) ---------------------------------------------------
 
-#: One round trip: the finished outcome, or the live message's queued/running state.
+#: One round trip: the finished outcome, or the live job's queued/running state.
 JOB_STATUS = """
 SELECT 'result' AS src, status, result, error, traceback, attempts
   FROM pg_task_result WHERE task_id = %(id)s
@@ -239,9 +239,7 @@ ORDER BY task_name
 #: Has the benchmark's worker process registered (its pg_worker row, by pid)?
 BENCH_WORKER_UP = "SELECT count(*) FROM pg_worker WHERE pid = %s"
 #: Rows deleted from the queue table so far (acks), from the cumulative statistics.
-BENCH_MESSAGES_DELETED = (
-    "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'pg_queue_message'"
-)
+BENCH_JOBS_DELETED = "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'pg_queue_message'"
 #: How many of these jobs have an outcome.
 BENCH_FINISHED = "SELECT count(*) FROM pg_task_result WHERE task_id = ANY(%s::uuid[])"
 #: Enqueue-to-start latency of these jobs, in milliseconds.

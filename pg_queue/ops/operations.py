@@ -41,14 +41,14 @@ ACTION_LOCK_TIMEOUT = "5s"
 
 #: States ``pg_queue_purge`` understands: due ready rows, delayed ready rows, both ("queued",
 #: the default: everything not running, like ``celery purge``), running rows, or all.
-PURGE_STATES = sql_ops.MESSAGE_PURGE_WHERE
+PURGE_STATES = sql_ops.JOB_PURGE_WHERE
 
 
-# --- messages --------------------------------------------------------------------------------
+# --- jobs ------------------------------------------------------------------------------------
 
 
-class MessageRef(NamedTuple):
-    """A message an action touched: enough to log who did what to which job."""
+class JobRef(NamedTuple):
+    """A job an action touched: enough to log who did what to which job."""
 
     msg_id: int
     task_id: uuid.UUID
@@ -59,11 +59,11 @@ class MessageRef(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CancelReport:
-    """What ``messages_cancel`` did, job by job."""
+    """What ``jobs_cancel`` did, job by job."""
 
-    cancelled: list[MessageRef] = field(default_factory=list)  # queued: removed, outcome stored
-    requested: list[MessageRef] = field(default_factory=list)  # running: the worker will stop it
-    not_found: list[uuid.UUID] = field(default_factory=list)  # task ids with no live message
+    cancelled: list[JobRef] = field(default_factory=list)  # queued: removed, outcome stored
+    requested: list[JobRef] = field(default_factory=list)  # running: the worker will stop it
+    not_found: list[uuid.UUID] = field(default_factory=list)  # task ids with no live job
     continuations: int = 0  # on_error jobs enqueued
     continuation_error: str = ""  # why the on_error jobs were not enqueued, if they were not
 
@@ -73,16 +73,16 @@ def _chunks(items: Sequence[Any], size: int = ACTION_CHUNK) -> Iterator[Sequence
         yield items[start : start + size]
 
 
-def _refs(rows: Iterable[Sequence[Any]]) -> list[MessageRef]:
-    return [MessageRef(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+def _refs(rows: Iterable[Sequence[Any]]) -> list[JobRef]:
+    return [JobRef(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
 
-def messages_run_now(msg_ids: Sequence[int], *, using: str = "default") -> list[MessageRef]:
+def jobs_run_now(msg_ids: Sequence[int], *, using: str = "default") -> list[JobRef]:
     """Make delayed ready jobs due now; returns the ones changed (running ones are not)."""
-    changed: list[MessageRef] = []
+    changed: list[JobRef] = []
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         for chunk in _chunks([int(i) for i in msg_ids]):
-            cursor.execute(sql_ops.MESSAGE_RUN_NOW, {"ids": list(chunk)})
+            cursor.execute(sql_ops.JOB_RUN_NOW, {"ids": list(chunk)})
             changed += _refs(cursor.fetchall())
     return changed
 
@@ -100,15 +100,15 @@ def validate_priority(value: Any) -> int:
     return priority
 
 
-def messages_set_priority(
+def jobs_set_priority(
     msg_ids: Sequence[int], priority: int, *, using: str = "default"
-) -> list[MessageRef]:
+) -> list[JobRef]:
     """Set the priority of live jobs; returns the ones whose priority changed."""
     priority = validate_priority(priority)
-    changed: list[MessageRef] = []
+    changed: list[JobRef] = []
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         for chunk in _chunks([int(i) for i in msg_ids]):
-            cursor.execute(sql_ops.MESSAGE_SET_PRIORITY, {"ids": list(chunk), "priority": priority})
+            cursor.execute(sql_ops.JOB_SET_PRIORITY, {"ids": list(chunk), "priority": priority})
             changed += _refs(cursor.fetchall())
     return changed
 
@@ -118,14 +118,14 @@ def cancel_error_text(actor: str) -> str:
     return f"cancelled by {actor}" if actor else "cancelled by an operator"
 
 
-def messages_cancel(
+def jobs_cancel(
     *,
     msg_ids: Sequence[int] = (),
     task_ids: Sequence[uuid.UUID] = (),
     actor: str,
     using: str = "default",
 ) -> CancelReport:
-    """Cancel jobs by message id and/or task id, in one transaction.
+    """Cancel jobs by msg_id and/or task id, in one transaction.
 
     Queued jobs (``ready``, due or delayed) are removed, get a ``cancelled`` outcome
     (``error = "cancelled by <actor>"``), and their ``on_error`` continuation is enqueued with
@@ -140,26 +140,26 @@ def messages_cancel(
     error = cancel_error_text(actor)
     conf = queue_settings()
     conn = connections[using]
-    cancelled: list[MessageRef] = []
-    requested: list[MessageRef] = []
-    payloads: list[tuple[MessageRef, Any]] = []
+    cancelled: list[JobRef] = []
+    requested: list[JobRef] = []
+    payloads: list[tuple[JobRef, Any]] = []
     with transaction.atomic(using=using), conn.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = '{ACTION_LOCK_TIMEOUT}'")
-        cursor.execute(sql_ops.MESSAGE_LOCK_FOR_CANCEL, {"ids": ids, "task_ids": wanted})
+        cursor.execute(sql_ops.JOB_LOCK_FOR_CANCEL, {"ids": ids, "task_ids": wanted})
         locked = cursor.fetchall()
         queued = [r[0] for r in locked if r[1] == "ready"]
         running = [r[0] for r in locked if r[1] == "claimed"]
         for chunk in _chunks(queued):
             cursor.execute(
-                sql_ops.MESSAGE_CANCEL_QUEUED,
+                sql_ops.JOB_CANCEL_QUEUED,
                 {"ids": list(chunk), "error": error, "ttl": conf.result_ttl_seconds},
             )
             for row in cursor.fetchall():
-                ref = MessageRef(int(row[0]), row[1], row[2], row[3], row[4])
+                ref = JobRef(int(row[0]), row[1], row[2], row[3], row[4])
                 cancelled.append(ref)
                 payloads.append((ref, row[5]))
         for chunk in _chunks(running):
-            cursor.execute(sql_ops.MESSAGE_REQUEST_CANCEL, {"ids": list(chunk)})
+            cursor.execute(sql_ops.JOB_REQUEST_CANCEL, {"ids": list(chunk)})
             requested += _refs(cursor.fetchall())
         continuations, continuation_error = _enqueue_on_error(payloads, error, using)
         if conf.notify and cancelled:
@@ -193,7 +193,7 @@ def messages_cancel(
 
 
 def _enqueue_on_error(
-    payloads: list[tuple[MessageRef, Any]], error: str, using: str
+    payloads: list[tuple[JobRef, Any]], error: str, using: str
 ) -> tuple[int, str]:
     """Enqueue the ``on_error`` continuations of cancelled jobs under a savepoint."""
     specs = []
@@ -230,24 +230,24 @@ def purge_where(state: str) -> str:
         ) from None
 
 
-def messages_purge_count(queue: str, state: str, *, using: str = "default") -> int:
-    """How many messages ``messages_purge`` would delete."""
+def jobs_purge_count(queue: str, state: str, *, using: str = "default") -> int:
+    """How many jobs ``jobs_purge`` would delete."""
     where = purge_where(state)
     with connections[using].cursor() as cursor:
-        cursor.execute(sql_ops.MESSAGE_PURGE_COUNT.format(where=where), {"queue": queue})
+        cursor.execute(sql_ops.JOB_PURGE_COUNT.format(where=where), {"queue": queue})
         (count,) = cursor.fetchone()
     return int(count)
 
 
-def messages_purge(queue: str, state: str, *, using: str = "default") -> int:
-    """Delete a queue's messages in ``state``, in chunks (each its own short transaction).
+def jobs_purge(queue: str, state: str, *, using: str = "default") -> int:
+    """Delete a queue's jobs in ``state``, in chunks (each its own short transaction).
 
     No outcome is recorded and no continuation fires: a purge throws jobs away. A running job
     that is purged still runs to its end; its ack then matches nothing. Use cancel to end jobs
     with an outcome.
     """
     where = purge_where(state)
-    statement = sql_ops.MESSAGE_PURGE_CHUNK.format(where=where)
+    statement = sql_ops.JOB_PURGE_CHUNK.format(where=where)
     deleted = 0
     while True:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:

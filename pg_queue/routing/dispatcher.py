@@ -27,6 +27,7 @@ from django.db import IntegrityError, connections, transaction
 from pg_queue import results
 from pg_queue.core.conf import queue_settings
 from pg_queue.core.payload import ContinuationSpec, coerce_json
+from pg_queue.core.status import JobStatus
 from pg_queue.jobspec import QUEUE_NAME_MAX, TASK_NAME_MAX, new_task_id
 from pg_queue.models import RoutingPin, Transport
 from pg_queue.producer import enqueue_spec, job
@@ -39,13 +40,13 @@ POSTGRES, CELERY = Transport.POSTGRES.value, Transport.CELERY.value
 
 #: Celery states mapped onto pg_queue's statuses.
 _CELERY_STATUS = {
-    "PENDING": results.QUEUED,
-    "RECEIVED": results.QUEUED,
-    "STARTED": results.RUNNING,
-    "RETRY": results.QUEUED,
-    "SUCCESS": results.SUCCEEDED,
-    "FAILURE": results.FAILED,
-    "REVOKED": results.CANCELLED,
+    "PENDING": JobStatus.QUEUED,
+    "RECEIVED": JobStatus.QUEUED,
+    "STARTED": JobStatus.RUNNING,
+    "RETRY": JobStatus.QUEUED,
+    "SUCCESS": JobStatus.SUCCEEDED,
+    "FAILURE": JobStatus.FAILED,
+    "REVOKED": JobStatus.CANCELLED,
 }
 
 
@@ -76,9 +77,9 @@ class DispatchHandle:
     def status(self) -> str:
         """queued | running | succeeded | failed | cancelled | unknown."""
         if self.transport == POSTGRES:
-            return results.TaskHandle(uuid.UUID(self.task_id), using=self.using).status()
+            return results.JobHandle(uuid.UUID(self.task_id), using=self.using).status()
         state = self._celery_app.AsyncResult(self.task_id).state
-        return _CELERY_STATUS.get(state, results.UNKNOWN)
+        return _CELERY_STATUS.get(state, JobStatus.UNKNOWN)
 
     def wait(self, timeout: float) -> DispatchResult:
         """Block up to ``timeout`` seconds; never raises."""
@@ -94,18 +95,18 @@ def _wait_postgres(
         if armed is not None and str(armed.handle.task_id) == task_id:
             outcome = armed.wait(timeout)
         else:  # not armed, or a live duplicate (dedup) answers instead
-            outcome = results.TaskHandle(uuid.UUID(task_id), using=using).wait(timeout)
+            outcome = results.JobHandle(uuid.UUID(task_id), using=using).wait(timeout)
     except Exception as exc:
         logger.exception("wait failed task_id=%s transport=postgres", task_id)
         return DispatchResult.failure(task_id, POSTGRES, f"{type(exc).__name__}: {exc}")
     if outcome.ok:
         return DispatchResult(ok=True, task_id=task_id, transport=POSTGRES, result=outcome.result)
-    if outcome.status == results.SUCCEEDED:  # but its result could not be decoded
+    if outcome.status == JobStatus.SUCCEEDED:  # but its result could not be decoded
         logger.error("dispatch result unreadable task_id=%s error=%s", task_id, outcome.error)
         return DispatchResult.failure(task_id, POSTGRES, outcome.error)
-    if outcome.status in (results.FAILED, results.CANCELLED, results.TIMEOUT):
+    if outcome.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMEOUT):
         error = outcome.error or f"task {outcome.status}"
-        if outcome.status == results.TIMEOUT:
+        if outcome.status == JobStatus.TIMEOUT:
             error = f"TimeoutError: {error}"
         logger.warning(
             "dispatch failed task_id=%s transport=postgres status=%s error=%s",

@@ -69,7 +69,7 @@ def enqueue_continuations(
         return 0
     try:
         with conn.transaction():
-            queries.message_insert_many(conn, bulk_params([spec for _, spec in specs]))
+            queries.job_insert_many(conn, bulk_params([spec for _, spec in specs]))
             if queue_settings().notify:
                 for queue in sorted({spec.options.queue or "" for _, spec in specs}):
                     conn.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})

@@ -1,9 +1,9 @@
 """``Coordinator``: the claim loop, the only code that claims jobs.
 
 It runs on the thread that called ``Worker.run``, owns one connection, and claims batches sized
-to free capacity (threads plus a prefetch tuned to how fast tasks are). Each claimed message is
+to free capacity (threads plus a prefetch tuned to how fast tasks are). Each claimed job is
 decoded and resolved inside its own guard: a payload no decoder can return exactly, or a task
-name nobody registered, dead-letters that one message with its reason and never the batch.
+name nobody registered, dead-letters that one job with its reason and never the batch.
 On a graceful stop it hands unstarted jobs back at once and gives running ones the grace.
 
 An unexpected exception in one pass is logged with its traceback, counted, and turns health
@@ -24,13 +24,13 @@ import psycopg
 from pg_queue import metrics
 from pg_queue.core.conf import QueueSettings
 from pg_queue.core.exceptions import PayloadError, TaskNotFound
-from pg_queue.core.outcomes import Bury, Cancelled, ClaimedMessage, storable_text
+from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, storable_text
 from pg_queue.core.payload import TaskPayload, loads
 from pg_queue.db import queries
 from pg_queue.models import DeadLetterReason
 from pg_queue.registry import resolve
 from pg_queue.worker.continuations import lenient_on_error
-from pg_queue.worker.execution import CANCELLED_BEFORE_START, Job, time_limit_of
+from pg_queue.worker.execution import CANCELLED_BEFORE_START, JobRun, time_limit_of
 from pg_queue.worker.finisher import Finisher
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.pool import FAST_TASK_SECONDS, Pool
@@ -229,7 +229,7 @@ class Coordinator:
         if not self.burst:
             return False
         assert self.conn is not None
-        return not queries.message_due_soon(
+        return not queries.job_due_soon(
             self.conn,
             queues=list(self.queues),
             lookahead=self.conf.burst_lookahead,
@@ -268,28 +268,28 @@ class Coordinator:
             if limit - total <= 0:
                 break
             self.stats.claim_queries += 1
-            messages = queries.message_claim(
+            claimed = queries.job_claim(
                 self.conn,
                 queue=queue_name,
                 limit=limit - total,
                 lease=self.conf.lease_seconds,
                 worker_id=self.worker_id,
             )
-            if messages:
-                self._accept(messages)
-                total += len(messages)
+            if claimed:
+                self._accept(claimed)
+                total += len(claimed)
         self._last_claim_full = total >= limit
         return total
 
-    def _accept(self, messages: list[ClaimedMessage]) -> None:
-        """Decode and hand claimed messages to the task threads (or bury the hopeless)."""
+    def _accept(self, claimed: list[ClaimedJob]) -> None:
+        """Decode and hand claimed jobs to the task threads (or bury the hopeless)."""
         now = time.monotonic()
         if not self.stats.claimed:
             self.stats.first_claim = now
-        self.stats.claimed += len(messages)
-        metrics.CLAIMED.labels(messages[0].queue_name).inc(len(messages))
-        self.inflight.add(messages)
-        for msg in messages:
+        self.stats.claimed += len(claimed)
+        metrics.CLAIMED.labels(claimed[0].queue_name).inc(len(claimed))
+        self.inflight.add(claimed)
+        for msg in claimed:
             try:
                 job = self._decode(msg, now)
             except PayloadError as exc:
@@ -313,12 +313,12 @@ class Coordinator:
                 continue
             self.pool.put(job)
 
-    def _decode(self, msg: ClaimedMessage, now: float) -> Job:
+    def _decode(self, msg: ClaimedJob, now: float) -> JobRun:
         payload = TaskPayload.from_json(loads(msg.payload_text))
         task = resolve(msg.task_name)
-        return Job(msg, payload, task, now, time_limit_of(task, self.time_limit))
+        return JobRun(msg, payload, task, now, time_limit_of(task, self.time_limit))
 
-    def _reject(self, msg: ClaimedMessage, reason: str, error: str) -> None:
+    def _reject(self, msg: ClaimedJob, reason: str, error: str) -> None:
         error = storable_text(error)
         logger.error(
             "job dead-lettered before running task_id=%s task=%s queue=%s reason=%s error=%s",
@@ -334,6 +334,6 @@ class Coordinator:
         """On stop, hand prefetched jobs that no thread has started back, attempt refunded."""
         unstarted = {job.msg.msg_id: job.msg.lease_token for job in self.pool.take_unstarted()}
         if unstarted and self.conn is not None:
-            released = queries.message_release(self.conn, unstarted)
+            released = queries.job_release(self.conn, unstarted)
             self.stats.released += len(released)
         self.inflight.remove(set(unstarted))

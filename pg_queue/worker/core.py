@@ -359,7 +359,7 @@ class Worker:
             abandoned = self.inflight.leases()
             if abandoned:
                 started = self.pool.running_ids()
-                released = queries.message_release(conn, abandoned, started=started)
+                released = queries.job_release(conn, abandoned, started=started)
                 self.stats.released += len(released)
                 logger.warning(
                     "released unfinished jobs at shutdown worker_id=%s count=%d started=%d",

@@ -28,7 +28,7 @@ from pg_queue.core.exceptions import PayloadError, Reject, Retry
 from pg_queue.core.outcomes import (
     Bury,
     Cancelled,
-    ClaimedMessage,
+    ClaimedJob,
     Outcome,
     RetryLater,
     Success,
@@ -49,10 +49,10 @@ CANCELLED_WHILE_RUNNING = "cancelled by an operator while it was running"
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
-    """A claimed message with its decoded payload and resolved task."""
+class JobRun:
+    """A claimed job with its decoded payload and resolved task: what one run needs."""
 
-    msg: ClaimedMessage
+    msg: ClaimedJob
     payload: TaskPayload
     task: Task | Any  # a native Task or a Celery task
     claimed_mono: float  # time.monotonic() when the claim returned
@@ -101,7 +101,7 @@ def _traceback_text() -> str:
     return storable_text(traceback.format_exc())
 
 
-def _call(job: Job, worker_id: str, cancel_check: Callable[[], bool]) -> Any:
+def _call(job: JobRun, worker_id: str, cancel_check: Callable[[], bool]) -> Any:
     msg, task, payload = job.msg, job.task, job.payload
     if isinstance(task, Task):
         if task.takes_context:
@@ -133,7 +133,7 @@ def time_limit_of(task: Task | Any, default: float) -> float:
 
 
 def failure_outcome(
-    job: Job, error: str, tb: str, started_at: dt.datetime, delay: float | None = None
+    job: JobRun, error: str, tb: str, started_at: dt.datetime, delay: float | None = None
 ) -> RetryLater | Bury:
     """Retry later while attempts remain, else dead-letter with the last error and traceback."""
     msg = job.msg
@@ -143,7 +143,7 @@ def failure_outcome(
     return Bury(msg, DeadLetterReason.EXHAUSTED, error, tb, started_at, job.payload.on_error)
 
 
-def unstorable(job: Job, what: str, problem: str, started_at: dt.datetime | None) -> Bury:
+def unstorable(job: JobRun, what: str, problem: str, started_at: dt.datetime | None) -> Bury:
     """Dead-letter a job whose outcome the database could not take (no retry: the same run
     would produce the same outcome). ``on_error`` still fires."""
     return Bury(
@@ -157,7 +157,7 @@ def unstorable(job: Job, what: str, problem: str, started_at: dt.datetime | None
 
 
 def run_job(
-    job: Job,
+    job: JobRun,
     worker_id: str,
     started_at: dt.datetime,
     cancel_check: Callable[[], bool] = lambda: False,
@@ -182,7 +182,7 @@ def run_job(
 
 
 def _run(
-    job: Job, worker_id: str, started_at: dt.datetime, cancel_check: Callable[[], bool]
+    job: JobRun, worker_id: str, started_at: dt.datetime, cancel_check: Callable[[], bool]
 ) -> Outcome:
     try:
         value = _call(job, worker_id, cancel_check)
@@ -204,7 +204,7 @@ def _run(
     return _success_outcome(job, value, started_at)
 
 
-def _retry_outcome(job: Job, retry: Retry, started_at: dt.datetime) -> Outcome:
+def _retry_outcome(job: JobRun, retry: Retry, started_at: dt.datetime) -> Outcome:
     error = f"retry requested: {retry.reason}" if retry.reason else "retry requested"
     error = storable_text(error)
     delay: float | None = None
@@ -219,7 +219,7 @@ def _retry_outcome(job: Job, retry: Retry, started_at: dt.datetime) -> Outcome:
     return failure_outcome(job, error, "", started_at, delay)
 
 
-def _success_outcome(job: Job, value: Any, started_at: dt.datetime) -> Outcome:
+def _success_outcome(job: JobRun, value: Any, started_at: dt.datetime) -> Outcome:
     """Check the result as enqueue checks arguments; a result the database cannot store
     dead-letters the job with the reason, instead of failing the finisher's batch."""
     try:

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from pg_queue import metrics
-from pg_queue.core.outcomes import Bury, ClaimedMessage, Outcome, RetryLater, Success
+from pg_queue.core.outcomes import Bury, ClaimedJob, Outcome, RetryLater, Success
 from pg_queue.signals import job_failed
 from pg_queue.worker.events import Events
 from pg_queue.worker.stats import WorkerStats
@@ -22,7 +22,7 @@ logger = logging.getLogger("pg_queue.worker")
 _WHAT = {Success: "ack", RetryLater: "retry", Bury: "dead-letter"}
 
 
-def job_fields(msg: ClaimedMessage) -> str:
+def job_fields(msg: ClaimedJob) -> str:
     """``task_id=... task=... queue=...``: what every log line about a job carries."""
     return f"task_id={msg.task_id} task={msg.task_name} queue={msg.queue_name}"
 

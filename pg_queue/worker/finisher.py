@@ -286,12 +286,12 @@ class Finisher(Service):
         notify = self.notify_results
         kind = type(items[0])
         if kind is Success:
-            return queries.message_ack(conn, items, ttl=ttl, notify=notify)
+            return queries.job_ack(conn, items, ttl=ttl, notify=notify)
         if kind is RetryLater:
-            return queries.message_retry(conn, items)
+            return queries.job_retry(conn, items)
         if kind is Bury:
-            return queries.message_bury(conn, items, ttl=ttl, notify=notify)
-        return queries.message_cancel(conn, items, ttl=ttl, notify=notify)
+            return queries.job_bury(conn, items, ttl=ttl, notify=notify)
+        return queries.job_cancel(conn, items, ttl=ttl, notify=notify)
 
     @staticmethod
     def _continuations(items: list[Any], written: set[int]) -> list[tuple[uuid.UUID, JobSpec]]:

@@ -112,7 +112,7 @@ class Maintenance(Service):
         deadline = time.monotonic() + PASS_BUDGET
         rearmed = buried = 0
         while not self.stopping.is_set():
-            got = queries.message_rearm(conn, limit=REARM_BATCH)
+            got = queries.job_rearm(conn, limit=REARM_BATCH)
             rearmed += got
             if got < REARM_BATCH or time.monotonic() >= deadline:
                 break
@@ -138,7 +138,7 @@ class Maintenance(Service):
     def _rearm_exhausted(self, conn: psycopg.Connection[Any]) -> int:
         """Dead-letter expired last attempts; fire their on_error in the same transaction."""
         with conn.transaction():
-            rows = queries.message_rearm_exhausted(
+            rows = queries.job_rearm_exhausted(
                 conn,
                 limit=REARM_BATCH,
                 ttl=float(self.conf.result_ttl_seconds),

@@ -28,7 +28,7 @@ from django.db import connections
 
 from pg_queue import metrics
 from pg_queue.core.outcomes import Outcome
-from pg_queue.worker.execution import Job, error_text, failure_outcome, run_job
+from pg_queue.worker.execution import JobRun, error_text, failure_outcome, run_job
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.service import Service, record_thread_error
 from pg_queue.worker.stats import WorkerStats
@@ -44,7 +44,7 @@ TASK_SECONDS_EWMA = 0.05
 
 @dataclass(frozen=True, slots=True)
 class _Running:
-    job: Job
+    job: JobRun
     start: float  # time.monotonic()
     deadline: float  # time.monotonic(); inf = no limit
     thread: threading.Thread
@@ -75,7 +75,7 @@ class Pool:
         # Mean task run time (EWMA, written by task threads); sizes the prefetch.
         self.avg_task_seconds = FAST_TASK_SECONDS * 2
         self.errors = 0  # unexpected errors in task threads' own code
-        self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[JobRun | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running: dict[int, _Running] = {}
         self._timed_out: set[int] = set()  # failed by the timer, their thread not back yet
@@ -93,12 +93,12 @@ class Pool:
             self._spawn_task_thread()
         self.timer.start()
 
-    def put(self, job: Job) -> None:
+    def put(self, job: JobRun) -> None:
         self._work.put(job)
 
-    def take_unstarted(self) -> list[Job]:
+    def take_unstarted(self) -> list[JobRun]:
         """Empty the work queue: jobs claimed but not started by any thread."""
-        jobs: list[Job] = []
+        jobs: list[JobRun] = []
         while True:
             try:
                 job = self._work.get_nowait()
@@ -166,7 +166,7 @@ class Pool:
         self._retire(threading.current_thread())
         connections.close_all()  # what tasks opened in this thread
 
-    def _execute(self, job: Job) -> Outcome | None:
+    def _execute(self, job: JobRun) -> Outcome | None:
         """Run one job; None if its time limit fired meanwhile (the timer wrote its outcome)."""
         msg = job.msg
         me = threading.current_thread()
@@ -200,7 +200,7 @@ class Pool:
         self._histograms(msg.queue_name)[1].observe(took)
         return outcome
 
-    def _unexpected_failure(self, job: Job, exc: BaseException) -> Outcome | None:
+    def _unexpected_failure(self, job: JobRun, exc: BaseException) -> Outcome | None:
         """The failure outcome of a job whose thread's bookkeeping raised; None if its time
         limit fired first (the timer wrote its outcome)."""
         with self._lock:

@@ -16,7 +16,7 @@ StaffClient = Callable[..., Client]
 
 @pytest.fixture
 def staff_client(django_user_model) -> StaffClient:
-    """``staff_client("view_queuemessage", ..., staff=True)``: a logged-in client whose user
+    """``staff_client("view_job", ..., staff=True)``: a logged-in client whose user
     has exactly these pg_queue permissions."""
 
     def make(*codenames: str, staff: bool = True) -> Client:

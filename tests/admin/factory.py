@@ -13,7 +13,7 @@ from django.db import connection
 from django.db.models import Func
 from django.db.models.functions import Now
 
-from pg_queue.models import DeadLetter, QueueMessage, TaskResult, Worker
+from pg_queue.models import DeadLetter, Job, TaskResult, Worker
 
 
 class _Shift(Func):
@@ -33,7 +33,7 @@ def later(seconds: float) -> Any:
     return _Shift(seconds)
 
 
-def message(
+def job(
     *,
     queue: str = "default",
     task: str = "workers.tasks.echo",
@@ -45,10 +45,10 @@ def message(
     attempts: int | None = None,
     payload: dict[str, Any] | None = None,
     **fields: Any,
-) -> QueueMessage:
+) -> Job:
     """One message row: ready (due ``due_ago`` seconds ago, or ``delay`` seconds ahead) or
     claimed (lease ``lease_left`` seconds from now; negative = expired)."""
-    row = QueueMessage.objects.create(
+    row = Job.objects.create(
         task_id=fields.pop("task_id", None) or uuid.uuid4(),
         queue_name=queue,
         task_name=task,
@@ -59,7 +59,7 @@ def message(
         lease_token=uuid.uuid4() if state == "claimed" else None,
         **fields,
     )
-    QueueMessage.objects.filter(pk=row.pk).update(
+    Job.objects.filter(pk=row.pk).update(
         available_at=later(delay) if delay else ago(due_ago),
         enqueued_at=ago(due_ago + 1),
         vt=later(lease_left) if state == "claimed" else None,
@@ -68,12 +68,12 @@ def message(
     return row
 
 
-def messages(n: int, **kwargs: Any) -> list[QueueMessage]:
+def jobs(n: int, **kwargs: Any) -> list[Job]:
     """``n`` ready rows in one statement (for list-page query counts and bulk actions)."""
     queue = kwargs.pop("queue", "default")
     task = kwargs.pop("task", "workers.tasks.echo")
-    rows = QueueMessage.objects.bulk_create(
-        QueueMessage(
+    rows = Job.objects.bulk_create(
+        Job(
             task_id=uuid.uuid4(),
             queue_name=queue,
             task_name=task,
@@ -144,7 +144,7 @@ def keep_alive(*worker_ids: str, lease: float = 30.0) -> None:
     test that looks much later (a browser starting under load) calls this right before.
     """
     Worker.objects.filter(worker_id__in=worker_ids).update(heartbeat_at=Now())
-    QueueMessage.objects.filter(state="claimed", worker_id__in=worker_ids).update(vt=later(lease))
+    Job.objects.filter(state="claimed", worker_id__in=worker_ids).update(vt=later(lease))
 
 
 #: The workers of ``busy_queues()`` that are alive (heartbeating), for ``keep_alive()``.
@@ -170,21 +170,21 @@ def busy_queues() -> None:
     worker(web_2, queues=["default"], hostname="web-2", pid=5151, concurrency=16)
     worker("mail-1-777-dead", queues=["email"], hostname="mail-1", pid=777, heartbeat_ago=340)
     for i in range(12):
-        message(queue="default", due_ago=0.5 + i * 0.1)
+        job(queue="default", due_ago=0.5 + i * 0.1)
     for _ in range(5):
-        message(queue="default", state="claimed", worker_id=web_1, due_ago=2)
+        job(queue="default", state="claimed", worker_id=web_1, due_ago=2)
     for _ in range(3):
-        message(queue="default", state="claimed", worker_id=web_2, due_ago=1)
+        job(queue="default", state="claimed", worker_id=web_2, due_ago=1)
     for i in range(4):
-        message(
+        job(
             queue="default",
             delay=RETRY_DELAY_SECONDS + i * 60,
             attempts=1,
             last_error="TimeoutError: upstream",
         )
     for i in range(40):
-        message(queue="email", task="workers.tasks.send_receipt", due_ago=720 - i * 5)
-    message(
+        job(queue="email", task="workers.tasks.send_receipt", due_ago=720 - i * 5)
+    job(
         queue="email",
         task="workers.tasks.send_receipt",
         state="claimed",
@@ -192,7 +192,7 @@ def busy_queues() -> None:
         due_ago=400,
         lease_left=-300,
     )
-    message(queue="reports", task="workers.tasks.nightly_report", delay=6 * 3600)
+    job(queue="reports", task="workers.tasks.nightly_report", delay=6 * 3600)
     for i in range(30):
         result(queue="default", finished_ago=20 + i * 5)
     for i in range(200):
@@ -226,9 +226,9 @@ __all__ = [
     "ago",
     "busy_queues",
     "dead_letter",
+    "job",
+    "jobs",
     "keep_alive",
     "later",
-    "message",
-    "messages",
     "result",
 ]

@@ -13,12 +13,12 @@ from django.contrib import admin
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
-from pg_queue.models import DeadLetter, QueueMessage
+from pg_queue.models import DeadLetter, Job
 from tests.admin import factory
 
 pytestmark = pytest.mark.django_db
 
-OVERVIEW = "/admin/pg_queue/queuemessage/overview/"
+OVERVIEW = "/admin/pg_queue/job/overview/"
 #: Arabic-Indic digits: ``int()`` reads them as 12 and 10 and 1.
 ARABIC_12, ARABIC_10, ARABIC_1 = "\u0661\u0662", "\u0661\u0660", "\u0661"
 #: Texts whose ``str.isdigit()`` is true but which are no ASCII number: ``int()`` refuses the
@@ -57,14 +57,14 @@ def _filter_params(model_admin: Any) -> list[str]:
 
 def _one_row_each() -> None:
     """A row in every table; message and dead letter 12, which ``int(ARABIC_12)`` would find."""
-    factory.message(queue="q", worker_id="w1", state="claimed", msg_id=12)
+    factory.job(queue="q", worker_id="w1", state="claimed", msg_id=12)
     factory.dead_letter(queue="q", id=12)
     factory.result(queue="q")
     factory.worker("w1", queues=["q"])
 
 
 def test_every_pg_queue_model_admin_is_looped_over():
-    assert ADMIN_IDS == ["deadletter", "queuemessage", "taskresult", "worker"]
+    assert ADMIN_IDS == ["deadletter", "job", "taskresult", "worker"]
 
 
 # --- numbers that are not ASCII numbers --------------------------------------------------------
@@ -132,15 +132,15 @@ def test_a_nul_anywhere_in_the_address_is_a_clear_400(admin_client, url, params)
 
 
 def test_the_nul_answer_links_back_to_the_list_without_the_parameters(admin_client):
-    response = admin_client.get(_changelist("queuemessage"), {"queue_name": "a\x00b"})
+    response = admin_client.get(_changelist("job"), {"queue_name": "a\x00b"})
     assert response.status_code == 400
     text = response.content.decode()
     assert "parameter queue_name" in text
-    assert f'href="{_changelist("queuemessage")}"' in text
+    assert f'href="{_changelist("job")}"' in text
 
 
 def test_the_nul_answer_needs_a_staff_login_like_every_admin_page(client):
-    response = client.get(_changelist("queuemessage"), {"queue_name": "\x00"})
+    response = client.get(_changelist("job"), {"queue_name": "\x00"})
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
 
@@ -148,16 +148,16 @@ def test_the_nul_answer_needs_a_staff_login_like_every_admin_page(client):
 # --- forged row selections (POST) --------------------------------------------------------------
 
 ACTIONS = [
-    ("queuemessage", "run_now"),
-    ("queuemessage", "cancel_jobs"),
-    ("queuemessage", "change_priority"),
+    ("job", "run_now"),
+    ("job", "cancel_jobs"),
+    ("job", "change_priority"),
     ("deadletter", "requeue"),
     ("deadletter", "discard"),
 ]
 
 
 def _rows_and_log() -> tuple[list[Any], int]:
-    rows = [*QueueMessage.objects.values_list(), *DeadLetter.objects.values_list()]
+    rows = [*Job.objects.values_list(), *DeadLetter.objects.values_list()]
     return rows, LogEntry.objects.count()
 
 
@@ -170,7 +170,7 @@ def _rows_and_log() -> tuple[list[Any], int]:
 def test_a_selection_that_is_no_row_id_is_a_clear_400_and_changes_nothing(
     admin_client, name, action, selected
 ):
-    factory.message(delay=600)
+    factory.job(delay=600)
     factory.dead_letter()
     before = _rows_and_log()
     response = admin_client.post(
@@ -188,7 +188,7 @@ def test_a_selection_that_is_no_row_id_is_a_clear_400_and_changes_nothing(
 )
 @pytest.mark.parametrize(("name", "action"), ACTIONS, ids=[a for _, a in ACTIONS])
 def test_a_forged_confirmation_is_refused_and_changes_nothing(admin_client, name, action, ids):
-    row = factory.message(delay=600) if name == "queuemessage" else factory.dead_letter()
+    row = factory.job(delay=600) if name == "job" else factory.dead_letter()
     before = _rows_and_log()
     response = admin_client.post(
         _changelist(name),

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from pg_queue.models import QueueMessage
+from pg_queue.models import Job
 from pg_queue.producer import enqueue
 
-LIST = "/admin/pg_queue/queuemessage/"
+LIST = "/admin/pg_queue/job/"
 
 
 @pytest.fixture
@@ -36,11 +36,11 @@ def test_running_job_cancelled_in_the_admin_is_stopped_by_its_worker(
     handle = enqueue("workers.tasks.cancellable", args=[60])
     worker = background_worker("--concurrency", "1")
     _wait_for(
-        lambda: QueueMessage.objects.filter(task_id=handle.task_id, state="claimed").exists(),
+        lambda: Job.objects.filter(task_id=handle.task_id, state="claimed").exists(),
         timeout=30,
         what="the worker to claim the job",
     )
-    msg = QueueMessage.objects.get(task_id=handle.task_id)
+    msg = Job.objects.get(task_id=handle.task_id)
     asked = admin_client.post(
         LIST, {"action": "cancel_jobs", "index": "0", "_selected_action": [msg.pk]}
     )
@@ -55,6 +55,6 @@ def test_running_job_cancelled_in_the_admin_is_stopped_by_its_worker(
     assert outcome.status == "cancelled", outcome
     assert "while it was running" in outcome.error
     assert time.monotonic() - started < 15  # stopped early, not after its 60 s
-    assert not QueueMessage.objects.filter(task_id=handle.task_id).exists()
+    assert not Job.objects.filter(task_id=handle.task_id).exists()
     code, output = worker.finish(timeout=60)
     assert code == 0, output

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from pg_queue.core.payload import ContinuationSpec
-from pg_queue.models import DeadLetter, QueueMessage, TaskResult
+from pg_queue.models import DeadLetter, Job, TaskResult
 from pg_queue.producer import enqueue
 from tests.admin import factory
 from tests.conftest import REPO_ROOT
@@ -65,7 +65,7 @@ def test_status_on_an_empty_database_says_so():
 
 
 def test_status_watch_stops_after_the_iterations():
-    factory.message(queue="q")
+    factory.job(queue="q")
     text = run("pg_queue_status", "--watch", "0.01", "--iterations", "3")
     assert text.count("pg_queue queues at") == 3
     lines = run("pg_queue_status", "--json", "--watch", "0.01", "--iterations", "2").splitlines()
@@ -79,7 +79,7 @@ def test_status_watch_exits_cleanly_on_ctrl_c(monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pg_queue_status.time, "sleep", interrupt)
-    factory.message(queue="q")
+    factory.job(queue="q")
     assert run("pg_queue_status", "--watch", "5").count("pg_queue queues at") == 1
 
 
@@ -110,9 +110,9 @@ MARKUP_NAMES = ("[/]", "[bold]x[/bold]", ":smile:", "[red")
 
 def test_status_prints_names_from_the_database_as_plain_text():
     closing, bold, smile, bracket = MARKUP_NAMES
-    factory.message(queue=closing, task=bold)
-    factory.message(queue=bold, state="claimed", worker_id=smile)
-    factory.message(queue=bracket)  # nobody listens: stuck, named in the problems too
+    factory.job(queue=closing, task=bold)
+    factory.job(queue=bold, state="claimed", worker_id=smile)
+    factory.job(queue=bracket)  # nobody listens: stuck, named in the problems too
     factory.worker(smile, queues=[closing, bold], hostname=bracket, state=closing)
     factory.worker(bold, queues=[smile], hostname=closing, heartbeat_ago=3600)  # stale
     text = run("pg_queue_status")
@@ -131,21 +131,21 @@ def test_status_prints_names_from_the_database_as_plain_text():
 # --- pg_queue_purge --------------------------------------------------------------------------
 
 
-def _purge_fixture() -> dict[str, QueueMessage]:
+def _purge_fixture() -> dict[str, Job]:
     return {
-        "due": factory.message(queue="bulk"),
-        "delayed": factory.message(queue="bulk", delay=600),
-        "running": factory.message(queue="bulk", state="claimed", worker_id="w"),
-        "other": factory.message(queue="other"),
+        "due": factory.job(queue="bulk"),
+        "delayed": factory.job(queue="bulk", delay=600),
+        "running": factory.job(queue="bulk", state="claimed", worker_id="w"),
+        "other": factory.job(queue="other"),
     }
 
 
 def test_purge_is_a_dry_run_by_default():
     _purge_fixture()
     text = run("pg_queue_purge", "--queue", "bulk")
-    assert "Dry run: would delete 2 queued (due or delayed, not running) message(s)" in text
+    assert "Dry run: would delete 2 queued (due or delayed, not running) job(s)" in text
     assert "--yes" in text
-    assert QueueMessage.objects.count() == 4
+    assert Job.objects.count() == 4
 
 
 @pytest.mark.parametrize(
@@ -162,14 +162,14 @@ def test_purge_with_yes_deletes_only_the_state_asked_for(state, gone):
     rows = _purge_fixture()
     text = run("pg_queue_purge", "--queue", "bulk", "--state", state, "--yes")
     assert f"Deleted {len(gone)} " in text
-    assert "message(s) from queue 'bulk'." in text
-    left = set(QueueMessage.objects.values_list("pk", flat=True))
+    assert "job(s) from queue 'bulk'." in text
+    left = set(Job.objects.values_list("pk", flat=True))
     assert left == {m.pk for name, m in rows.items() if name not in gone}
     assert not TaskResult.objects.exists()  # a purge records no outcome
 
 
 def test_purge_of_an_unknown_queue_hints_at_a_typo():
-    assert "has no messages at all" in run("pg_queue_purge", "--queue", "nope")
+    assert "has no jobs at all" in run("pg_queue_purge", "--queue", "nope")
 
 
 def test_purge_refuses_bad_input():
@@ -185,9 +185,9 @@ def test_purge_deletes_in_chunks(monkeypatch):
     from pg_queue.ops import operations
 
     monkeypatch.setattr(operations, "ACTION_CHUNK", 7)
-    factory.messages(30, queue="bulk")
+    factory.jobs(30, queue="bulk")
     assert "Deleted 30 queued" in run("pg_queue_purge", "--queue", "bulk", "--yes")
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 # --- pg_queue_requeue ------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_requeue_dry_run_counts_and_breaks_down_by_queue_task_reason():
     assert "2  queue=email task=t.mail reason=exhausted" in text
     assert "1  queue=default task=t.other reason=unknown_task" in text
     assert DeadLetter.objects.count() == 3
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 def test_requeue_with_filters_and_yes():
@@ -217,7 +217,7 @@ def test_requeue_with_filters_and_yes():
     )  # fmt: skip
     described = "(queue 'email', task 't.mail', failed in the last 60 min)"
     assert f"Requeued 1 dead letter(s) {described}" in text
-    assert list(QueueMessage.objects.values_list("task_id", flat=True)) == [mail.task_id]
+    assert list(Job.objects.values_list("task_id", flat=True)) == [mail.task_id]
     assert DeadLetter.objects.count() == 3
 
 
@@ -234,7 +234,7 @@ def test_requeue_since_an_iso_time():
 
 def test_requeue_reports_letters_skipped_because_the_job_is_live_again():
     letter = factory.dead_letter()
-    factory.message(task_id=letter.task_id)
+    factory.job(task_id=letter.task_id)
     text = run("pg_queue_requeue", "--dead-letter", "--yes")
     assert "Requeued 0 dead letter(s)" in text
     assert "Skipped 1" in text
@@ -267,7 +267,7 @@ def test_requeue_refuses_bad_input(args, message):
     factory.dead_letter()
     with pytest.raises(CommandError, match=message):
         run("pg_queue_requeue", *args)
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 # --- pg_queue_cancel -------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_cancel_reports_each_id_and_fails_when_one_is_not_found():
         [1],
         on_error=ContinuationSpec(task_name="workers.tasks.on_failed", queue="default"),
     )
-    running = factory.message(state="claimed", worker_id="w")
+    running = factory.job(state="claimed", worker_id="w")
     missing = uuid.uuid4()
     out = io.StringIO()
     with pytest.raises(CommandError, match="1 of 3 task id"):
@@ -293,13 +293,13 @@ def test_cancel_reports_each_id_and_fails_when_one_is_not_found():
     assert f"{missing}  not found" in text
     assert "1 cancelled, 1 cancel requested, 1 not found; 1 on_error callback(s) enqueued" in text
     assert TaskResult.objects.get(task_id=handle.task_id).error == "cancelled by ops-oncall"
-    callback = QueueMessage.objects.get(task_name="workers.tasks.on_failed")
+    callback = Job.objects.get(task_name="workers.tasks.on_failed")
     assert callback.payload["args"] == [str(handle.task_id), "cancelled by ops-oncall"]
-    assert QueueMessage.objects.get(pk=running.pk).cancel_requested
+    assert Job.objects.get(pk=running.pk).cancel_requested
 
 
 def test_cancel_names_the_login_by_default():
-    msg = factory.message()
+    msg = factory.job()
     assert "1 cancelled" in run("pg_queue_cancel", str(msg.task_id))
     error = TaskResult.objects.get(task_id=msg.task_id).error
     assert error.startswith("cancelled by ")
@@ -307,15 +307,15 @@ def test_cancel_names_the_login_by_default():
 
 
 def test_cancel_refuses_a_bad_id_before_touching_anything():
-    msg = factory.message()
+    msg = factory.job()
     with pytest.raises(CommandError, match="'nope' is not a task id"):
         run("pg_queue_cancel", str(msg.task_id), "nope")
-    assert QueueMessage.objects.filter(pk=msg.pk).exists()
+    assert Job.objects.filter(pk=msg.pk).exists()
 
 
 def test_cancel_prints_names_from_the_database_as_they_are():
     closing, bold, *_ = MARKUP_NAMES
-    msg = factory.message(queue=closing, task=bold)
+    msg = factory.job(queue=closing, task=bold)
     text = run("pg_queue_cancel", str(msg.task_id))
     assert f"{msg.task_id}  cancelled (queued {bold} on {closing}; removed)" in text
 

@@ -7,7 +7,7 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from pg_queue.models import DeadLetter, QueueMessage, TaskResult
+from pg_queue.models import DeadLetter, Job, TaskResult
 from tests.admin import factory
 
 pytestmark = pytest.mark.django_db
@@ -61,7 +61,7 @@ def test_requeue_puts_letters_back_with_fresh_attempts_and_logs_it(staff_client)
     response = _post_action(client, LETTERS, "requeue", [letter.pk])
     assert response.status_code == 302
     assert not DeadLetter.objects.exists()
-    msg = QueueMessage.objects.get(task_id=letter.task_id)
+    msg = Job.objects.get(task_id=letter.task_id)
     assert (msg.queue_name, msg.attempts, msg.max_attempts, msg.priority) == ("email", 0, 3, 4)
     assert not TaskResult.objects.filter(task_id=letter.task_id).exists()  # next one may win
     (entry,) = LogEntry.objects.filter(object_id=str(letter.pk))
@@ -71,7 +71,7 @@ def test_requeue_puts_letters_back_with_fresh_attempts_and_logs_it(staff_client)
 
 def test_requeue_skips_a_letter_whose_job_is_live_again(admin_client):
     letter = factory.dead_letter()
-    factory.message(task_id=letter.task_id)
+    factory.job(task_id=letter.task_id)
     response = _post_action(admin_client, LETTERS, "requeue", [letter.pk])
     assert response.status_code == 302
     assert DeadLetter.objects.filter(pk=letter.pk).exists()
@@ -109,7 +109,7 @@ def test_dead_letter_actions_follow_permissions(staff_client):
     changer = staff_client("change_deadletter")
     _post_action(changer, LETTERS, "discard", [letter.pk], pgq_confirm="yes")
     assert DeadLetter.objects.filter(pk=letter.pk).exists()
-    assert staff_client("view_queuemessage").get(LETTERS).status_code == 403
+    assert staff_client("view_job").get(LETTERS).status_code == 403
 
 
 def test_dead_letter_list_queries_do_not_grow_with_rows(admin_client):
@@ -164,9 +164,9 @@ def test_workers_show_in_flight_counts_and_stale_heartbeats(admin_client):
     factory.worker("live", queues=["default"])
     factory.worker("dead", queues=["default"], heartbeat_ago=600)
     for _ in range(3):
-        factory.message(state="claimed", worker_id="live")
-    factory.message(state="claimed", worker_id="dead")
-    factory.message(worker_id="live")  # ready rows are not in flight
+        factory.job(state="claimed", worker_id="live")
+    factory.job(state="claimed", worker_id="dead")
+    factory.job(worker_id="live")  # ready rows are not in flight
     response = admin_client.get(WORKERS)
     by_id = {w.pk: w for w in response.context["cl"].result_list}
     assert (by_id["live"].in_flight, by_id["dead"].in_flight) == (3, 1)
@@ -182,7 +182,7 @@ def test_worker_list_queries_do_not_grow_with_rows(admin_client):
         for _ in range(n):
             i = next(made)
             factory.worker(f"w{i}", queues=["default"])
-            factory.message(state="claimed", worker_id=f"w{i}")
+            factory.job(state="claimed", worker_id=f"w{i}")
 
     count = _same_queries_for_3_and_50(admin_client, WORKERS, make)
     assert count <= 10
@@ -204,4 +204,4 @@ def test_requeue_from_the_detail_page_returns_to_the_list(admin_client):
     )
     assert done.status_code == 302
     assert done["Location"] == LETTERS
-    assert QueueMessage.objects.filter(task_id=letter.task_id).exists()
+    assert Job.objects.filter(task_id=letter.task_id).exists()

@@ -14,7 +14,7 @@ from tests.admin import factory
 
 pytestmark = pytest.mark.django_db
 
-OVERVIEW = "/admin/pg_queue/queuemessage/overview/"
+OVERVIEW = "/admin/pg_queue/job/overview/"
 
 
 def _row(html: str, queue: str) -> str:
@@ -102,12 +102,12 @@ def test_busy_queues_default_stays_healthy_for_a_test_that_looks_late():
 
 
 def test_overview_query_count_does_not_grow_with_the_number_of_queues():
-    factory.message(queue="q0")
+    factory.job(queue="q0")
     factory.worker("w0", queues=["q0"])
     with CaptureQueriesContext(connection) as few:
         queue_overview()
     for i in range(1, 40):
-        factory.message(queue=f"q{i}")
+        factory.job(queue=f"q{i}")
         factory.result(queue=f"r{i}")
         factory.dead_letter(queue=f"d{i}")
         factory.worker(f"w{i}", queues=[f"q{i}"])
@@ -118,7 +118,7 @@ def test_overview_query_count_does_not_grow_with_the_number_of_queues():
 
 
 def test_a_queue_with_due_jobs_and_no_live_worker_is_stuck():
-    factory.message(queue="orphan")
+    factory.job(queue="orphan")
     factory.worker("old", queues=["orphan"], heartbeat_ago=3600)
     (orphan,) = queue_overview().queues
     assert orphan.workers == 0
@@ -128,8 +128,8 @@ def test_a_queue_with_due_jobs_and_no_live_worker_is_stuck():
 
 
 def test_oldest_ready_threshold_is_the_named_constant():
-    factory.message(queue="slow", due_ago=STUCK_READY_SECONDS - 30)
-    factory.message(queue="stuck", due_ago=STUCK_READY_SECONDS + 30)
+    factory.job(queue="slow", due_ago=STUCK_READY_SECONDS - 30)
+    factory.job(queue="stuck", due_ago=STUCK_READY_SECONDS + 30)
     factory.worker("w", queues=["slow", "stuck"])
     by_name = {q.queue: q for q in queue_overview().queues}
     assert not by_name["slow"].ready_stuck
@@ -159,7 +159,7 @@ def test_overview_page_queries_do_not_grow_with_queues(admin_client):
     with CaptureQueriesContext(connection) as few:
         assert admin_client.get(OVERVIEW).status_code == 200
     for i in range(30):
-        factory.message(queue=f"extra{i}")
+        factory.job(queue=f"extra{i}")
         factory.worker(f"extra-w{i}", queues=[f"extra{i}"])
     with CaptureQueriesContext(connection) as many:
         assert admin_client.get(OVERVIEW).status_code == 200
@@ -178,7 +178,7 @@ def test_app_index_and_lists_link_to_the_overview(admin_client):
     index = admin_client.get(reverse("admin:app_list", kwargs={"app_label": "pg_queue"}))
     assert index.status_code == 200
     assert OVERVIEW.encode() in index.content
-    for model in ("queuemessage", "deadletter", "taskresult", "worker"):
+    for model in ("job", "deadletter", "taskresult", "worker"):
         page = admin_client.get(reverse(f"admin:pg_queue_{model}_changelist"))
         assert OVERVIEW.encode() in page.content, model
     assert reverse("admin:pg_queue_overview") == OVERVIEW
@@ -188,12 +188,12 @@ def test_overview_is_denied_without_staff_or_permission(client, staff_client):
     anonymous = client.get(OVERVIEW)
     assert anonymous.status_code == 302
     assert "/admin/login/" in anonymous["Location"]
-    not_staff = staff_client("view_queuemessage", staff=False).get(OVERVIEW)
+    not_staff = staff_client("view_job", staff=False).get(OVERVIEW)
     assert not_staff.status_code == 302
     assert "/admin/login/" in not_staff["Location"]
     assert staff_client("view_deadletter").get(OVERVIEW).status_code == 403
-    assert staff_client("view_queuemessage").get(OVERVIEW).status_code == 200
-    assert staff_client("change_queuemessage").get(OVERVIEW).status_code == 200
+    assert staff_client("view_job").get(OVERVIEW).status_code == 200
+    assert staff_client("change_job").get(OVERVIEW).status_code == 200
 
 
 def test_app_index_hides_the_overview_link_from_staff_without_message_permission(staff_client):
@@ -204,7 +204,7 @@ def test_app_index_hides_the_overview_link_from_staff_without_message_permission
 
 @pytest.mark.django_db(transaction=True)
 def test_overview_reads_queues_and_workers_from_one_snapshot():
-    factory.message(queue="q", state="claimed", worker_id="w")
+    factory.job(queue="q", state="claimed", worker_id="w")
     factory.worker("w", queues=["q"])
     with CaptureQueriesContext(connection) as queries:
         overview = queue_overview()

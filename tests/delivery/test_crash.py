@@ -268,7 +268,7 @@ def test_burst_worker_waits_for_a_dead_workers_claims(pgdb, workers, queue_name)
     """A burst worker started after a crash must finish the crashed worker's jobs."""
     handle = enqueue("workers.tasks.echo", [5], queue=queue_name)
     with db_connection.worker_connection() as dead:
-        got = queries.message_claim(
+        got = queries.job_claim(
             dead, queue=queue_name, limit=1, lease=1.0, worker_id="crashed-worker"
         )
     assert len(got) == 1

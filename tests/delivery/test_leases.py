@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from pg_queue.core.conf import RESULT_CHANNEL
-from pg_queue.core.outcomes import Bury, ClaimedMessage, RetryLater, Success
+from pg_queue.core.outcomes import Bury, ClaimedJob, RetryLater, Success
 from pg_queue.db import connection, queries
 from pg_queue.producer import enqueue, enqueue_many, job
 from tests.delivery import tasks
@@ -66,16 +66,14 @@ def wait_expired(pgdb: Db, msg_ids: list[int]) -> None:
 
 def rearm(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     """One re-arm sweep as the heartbeat runs it: (re-armed to ready, dead-lettered)."""
-    rearmed = queries.message_rearm(conn, limit=1000)
+    rearmed = queries.job_rearm(conn, limit=1000)
     with conn.transaction():
-        buried = queries.message_rearm_exhausted(conn, limit=1000, ttl=TTL)
+        buried = queries.job_rearm_exhausted(conn, limit=1000, ttl=TTL)
     return rearmed, len(buried)
 
 
-def claim_one(
-    conn: psycopg.Connection[Any], queue: str, worker: str, lease: float
-) -> ClaimedMessage:
-    got = queries.message_claim(conn, queue=queue, limit=1, lease=lease, worker_id=worker)
+def claim_one(conn: psycopg.Connection[Any], queue: str, worker: str, lease: float) -> ClaimedJob:
+    got = queries.job_claim(conn, queue=queue, limit=1, lease=lease, worker_id=worker)
     assert len(got) == 1, got
     return got[0]
 
@@ -103,14 +101,14 @@ def test_stale_worker_cannot_ack_retry_bury_renew_or_release(conns, pgdb, queue_
     assert owned is not None
 
     now = dt.datetime.now(dt.UTC)
-    assert queries.message_ack(stale_conn, [Success(stale, "7", now)], ttl=TTL) == set()
-    assert queries.message_retry(stale_conn, [RetryLater(stale, 0.0, "stale retry")]) == set()
+    assert queries.job_ack(stale_conn, [Success(stale, "7", now)], ttl=TTL) == set()
+    assert queries.job_retry(stale_conn, [RetryLater(stale, 0.0, "stale retry")]) == set()
     assert (
-        queries.message_bury(stale_conn, [Bury(stale, "exhausted", "stale", "tb", now)], ttl=TTL)
+        queries.job_bury(stale_conn, [Bury(stale, "exhausted", "stale", "tb", now)], ttl=TTL)
         == set()
     )
     assert queries.lease_extend(stale_conn, {stale.msg_id: stale.lease_token}, lease=600) == set()
-    assert queries.message_release(stale_conn, {stale.msg_id: stale.lease_token}) == set()
+    assert queries.job_release(stale_conn, {stale.msg_id: stale.lease_token}) == set()
 
     # Nothing the stale worker did left a trace: same owner, token, attempts and lease expiry.
     assert row_of(pgdb, fresh.msg_id) == owned
@@ -124,7 +122,7 @@ def test_stale_worker_cannot_ack_retry_bury_renew_or_release(conns, pgdb, queue_
     assert queries.lease_extend(fresh_conn, {fresh.msg_id: fresh.lease_token}, lease=30) == {
         fresh.msg_id
     }
-    assert queries.message_ack(fresh_conn, [Success(fresh, "7", now)], ttl=TTL) == {fresh.msg_id}
+    assert queries.job_ack(fresh_conn, [Success(fresh, "7", now)], ttl=TTL) == {fresh.msg_id}
     assert row_of(pgdb, fresh.msg_id) is None
     assert pgdb.rows(
         "SELECT status, result, attempts FROM pg_task_result WHERE task_id = %s", [handle.task_id]
@@ -135,7 +133,7 @@ def test_stale_worker_cannot_ack_retry_bury_renew_or_release(conns, pgdb, queue_
 def test_rearm_after_ack_resurrects_nothing(conns, pgdb, queue_name):
     worker_conn, sweeper_conn, _ = conns
     enqueue_many([job("workers.tasks.echo", [i], queue=queue_name) for i in range(5)])
-    msgs = queries.message_claim(
+    msgs = queries.job_claim(
         worker_conn, queue=queue_name, limit=5, lease=TINY_LEASE, worker_id="acker"
     )
     assert len(msgs) == 5
@@ -143,7 +141,7 @@ def test_rearm_after_ack_resurrects_nothing(conns, pgdb, queue_name):
 
     # Expired but not yet re-armed: the owner's ack still wins (the lease token is the gate).
     now = dt.datetime.now(dt.UTC)
-    acked = queries.message_ack(worker_conn, [Success(m, "1", now) for m in msgs], ttl=TTL)
+    acked = queries.job_ack(worker_conn, [Success(m, "1", now) for m in msgs], ttl=TTL)
     assert acked == {m.msg_id for m in msgs}
     assert rearm(sweeper_conn) == (0, 0)
     assert pgdb.value("SELECT count(*) FROM pg_queue_message") == 0
@@ -154,7 +152,7 @@ def test_rearm_after_ack_resurrects_nothing(conns, pgdb, queue_name):
 def race_ack_and_rearm(
     worker_conn: psycopg.Connection[Any],
     sweeper_conn: psycopg.Connection[Any],
-    msgs: list[ClaimedMessage],
+    msgs: list[ClaimedJob],
     *,
     ack_first: bool,
 ) -> tuple[set[int], tuple[int, int]]:
@@ -169,7 +167,7 @@ def race_ack_and_rearm(
         try:
             barrier.wait()
             items = [Success(m, "1", now) for m in msgs]
-            acked.update(queries.message_ack(worker_conn, items, ttl=TTL))
+            acked.update(queries.job_ack(worker_conn, items, ttl=TTL))
         except BaseException as exc:
             errors.append(exc)
 
@@ -200,7 +198,7 @@ def test_ack_racing_rearm_never_both(conns, pgdb, queue_name):
     total_acked = total_rearmed = 0
     for round_no in range(rounds):
         enqueue_many([job("workers.tasks.echo", [i], queue=queue_name) for i in range(per_round)])
-        msgs = queries.message_claim(
+        msgs = queries.job_claim(
             worker_conn, queue=queue_name, limit=per_round, lease=0.05, worker_id="racer"
         )
         assert len(msgs) == per_round
@@ -263,7 +261,7 @@ def test_rearm_dead_letters_expired_claim_on_its_last_attempt(conns, pgdb, queue
 
     # The stale owner cannot ack what is now a dead letter, and nothing changes if it tries.
     now = dt.datetime.now(dt.UTC)
-    assert queries.message_ack(worker_conn, [Success(msg, "1", now)], ttl=TTL) == set()
+    assert queries.job_ack(worker_conn, [Success(msg, "1", now)], ttl=TTL) == set()
     assert pgdb.value("SELECT status FROM pg_task_result WHERE task_id = %s", [task_id]) == "failed"
     # A second sweep finds nothing more.
     assert rearm(sweeper_conn) == (0, 0)
@@ -279,7 +277,7 @@ def test_outcome_written_by_rearm_wakes_callers_waiting_on_it(conns, pgdb, queue
     wait_expired(pgdb, [msg.msg_id])
     listening.execute(f"LISTEN {RESULT_CHANNEL}")
     with sweeper_conn.transaction():
-        rows = queries.message_rearm_exhausted(sweeper_conn, limit=100, ttl=TTL, notify=True)
+        rows = queries.job_rearm_exhausted(sweeper_conn, limit=100, ttl=TTL, notify=True)
     assert [r[0] for r in rows] == [last.task_id]
     notes = [n.payload for n in listening.notifies(timeout=5, stop_after=1)]
     assert notes == [str(last.task_id)]

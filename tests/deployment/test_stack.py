@@ -114,8 +114,12 @@ def produce_on_both_transports(stack: LocalStack) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_compose_stack_comes_up_locally_serves_the_admin_and_routes_both_ways(
-    local_stack: LocalStack, pgbouncer: PgBouncer, django_user_model: Any
+    local_stack: LocalStack, pgbouncer: PgBouncer, django_user_model: Any, settings: Any
 ) -> None:
+    # The web service checks passwords with Django's own hashers, not the suite's fast one.
+    from django.conf import global_settings
+
+    settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS
     started = time.monotonic()
     local_stack.up(timeout=UP_TIMEOUT)
     up_seconds = time.monotonic() - started

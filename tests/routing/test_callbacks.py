@@ -16,7 +16,7 @@ from celery import signature
 
 from pg_queue.core.payload import ContinuationSpec
 from pg_queue.db import connection, queries
-from pg_queue.models import DeadLetter, QueueMessage, TaskResult
+from pg_queue.models import DeadLetter, Job, TaskResult
 from pg_queue.producer import enqueue
 from tests.routing.conftest import flag_off, flag_on, insert_raw_message, wait_for
 
@@ -154,7 +154,7 @@ def test_lease_expired_on_the_last_attempt_fires_on_error(queues, pg_worker):
         ),
     )
     with connection.worker_connection() as conn:
-        taken = queries.message_claim(
+        taken = queries.job_claim(
             conn, queue=parked, limit=1, lease=0.2, worker_id="worker-that-died"
         )
     assert [m.task_id for m in taken] == [handle.task_id]
@@ -189,14 +189,14 @@ def test_a_continuation_that_cannot_be_enqueued_is_logged_and_the_job_still_acke
         lambda: TaskResult.objects.filter(task_id=task_id).first(), CALLBACK_WAIT, "the ack"
     )
     assert (row.status, row.result) == ("succeeded", 42)
-    assert not QueueMessage.objects.filter(task_id=task_id).exists()  # acked, not redelivered
+    assert not Job.objects.filter(task_id=task_id).exists()  # acked, not redelivered
     assert not DeadLetter.objects.filter(task_id=task_id).exists()
     wait_for(
         lambda: f"continuation not enqueued (job still acked) task_id={task_id}" in pg_worker.log(),
         5,
         "the worker's log line about the lost continuation",
     )
-    assert not QueueMessage.objects.filter(task_name="workers.tasks.on_done").exists()
+    assert not Job.objects.filter(task_name="workers.tasks.on_done").exists()
 
 
 @pytest.mark.parametrize("routing", [flag_on, flag_off], ids=["postgres", "celery"])
@@ -216,4 +216,4 @@ def test_a_callback_that_could_never_be_enqueued_is_refused_at_dispatch_on_both_
         dispatcher.dispatch_with_callback(
             "workers.tasks.add", [1, 2], queue=queues.main, on_success=make_sig(queues)
         )
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()

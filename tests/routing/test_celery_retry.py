@@ -9,7 +9,7 @@ import uuid
 import pytest
 from django.db import DatabaseError, connection
 
-from pg_queue.models import DeadLetter, QueueMessage, TaskResult
+from pg_queue.models import DeadLetter, Job, TaskResult
 from tests.routing import tasks as routing_tasks
 from tests.routing.conftest import flag_off, flag_on
 
@@ -74,7 +74,7 @@ def test_retry_past_max_retries_ends_failed_and_dead_lettered(
     assert [r for r, _ in attempts(key)] == [0, 1]  # the first run plus max_retries=1 retry
     letter = DeadLetter.objects.get(task_id=result.task_id)
     assert (letter.reason, letter.attempts) == ("exhausted", 2)
-    assert not QueueMessage.objects.filter(task_id=result.task_id).exists()
+    assert not Job.objects.filter(task_id=result.task_id).exists()
 
 
 def test_retry_with_a_higher_max_retries_than_the_task_succeeds_on_celery(

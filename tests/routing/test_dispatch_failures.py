@@ -9,7 +9,7 @@ import uuid
 import pytest
 from django.db import connection
 
-from pg_queue.models import DeadLetter, QueueMessage
+from pg_queue.models import DeadLetter, Job
 from pg_queue.routing import DispatchHandle
 from tests.routing.conftest import flag_off, flag_on
 
@@ -25,7 +25,7 @@ def test_enqueue_failure_for_a_queue_name_too_long_is_a_failed_result(dispatcher
     assert result.error.startswith("enqueue failed: ")
     assert "queue" in result.error
     assert "250" in result.error
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 @pytest.mark.parametrize("routing", [flag_on, flag_off], ids=["postgres", "celery"])
@@ -41,7 +41,7 @@ def test_a_non_json_argument_is_a_failed_result_on_both_transports(
     assert result.ok is False
     assert result.error.startswith("enqueue failed: ")
     assert "object" in result.error
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 def test_task_raising_on_postgres_carries_the_real_error_text(dispatcher, queues, pg_worker):
@@ -71,7 +71,7 @@ def test_no_worker_for_the_queue_times_out_as_a_failed_result_on_postgres(dispat
     assert (result.ok, result.transport) == (False, "postgres")
     assert result.error.startswith("TimeoutError: ")
     assert "still queued" in result.error
-    assert QueueMessage.objects.filter(task_id=result.task_id).exists()  # nothing lost
+    assert Job.objects.filter(task_id=result.task_id).exists()  # nothing lost
 
 
 def test_no_worker_for_the_queue_times_out_as_a_failed_result_on_celery(
@@ -141,7 +141,7 @@ def test_dispatch_inside_atomic_is_refused_as_a_failed_result(dispatcher, queues
         )
     assert result.ok is False
     assert "inside transaction.atomic()" in result.error
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 def test_a_stored_result_no_decoder_can_return_exactly_is_a_failed_result(dispatcher):

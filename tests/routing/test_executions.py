@@ -25,7 +25,7 @@ from backend.executions import (
     start_execution,
 )
 from backend.models import Execution, ExecutionSlot, ExecutionStatus
-from pg_queue.models import DeadLetter, QueueMessage, RoutingPin, TaskResult
+from pg_queue.models import DeadLetter, Job, RoutingPin, TaskResult
 from pg_queue.routing import RoutingDispatcher
 from tests.routing.conftest import flag_off, flag_on, insert_raw_message, wait_for
 from workers.executions import complete_execution, fail_execution
@@ -200,7 +200,7 @@ def test_staging_failure_marks_error_releases_the_slot_and_never_dispatches(queu
     assert stored.status == ExecutionStatus.ERROR
     assert stored.error.startswith("NotADirectoryError"), stored.error
     assert (execution.status, execution.error) == (stored.status, stored.error)
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     assert not RoutingPin.objects.exists()
 
 
@@ -213,7 +213,7 @@ def test_dispatch_failure_marks_error_and_cleans_up_the_staged_input(queues):
     assert stored.status == ExecutionStatus.ERROR
     assert stored.error.startswith("dispatch failed: ValueError: queue is 250"), stored.error
     assert_released(execution.pk)
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
 
 
 def test_a_failure_to_mark_error_still_releases_the_slot_and_cleans_up(queues, monkeypatch, caplog):
@@ -248,7 +248,7 @@ def test_an_error_after_dispatch_never_overwrites_the_execution(
     assert (stored.status, stored.error) == (ExecutionStatus.PENDING, "")
     assert ExecutionSlot.objects.filter(execution_id=execution.pk).exists()
     assert staged_input_path(str(execution.pk)).exists()
-    assert QueueMessage.objects.filter(queue_name=parked).count() == 1
+    assert Job.objects.filter(queue_name=parked).count() == 1
 
     # A worker for that queue comes up later and the execution completes normally.
     code, output = run_worker("--queues", f"{parked},{queues.callbacks}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pg_queue.models import QueueMessage, RoutingPin, TaskResult
+from pg_queue.models import Job, RoutingPin, TaskResult
 from tests.routing.conftest import flag_off, flag_on, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -23,7 +23,7 @@ def ran_on_postgres(result) -> bool:
 def assert_ran_on_celery(result, celery_worker) -> None:
     assert (result.ok, result.transport, result.result) == (True, "celery", 42), result
     assert not TaskResult.objects.filter(task_id=result.task_id).exists()
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     wait_for(lambda: result.task_id in celery_worker.log(), 10, "the Celery worker's log line")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from pg_queue.ops.operations import messages_cancel
+from pg_queue.ops.operations import jobs_cancel
 
 
 def default_actor() -> str:
@@ -47,7 +47,7 @@ class Command(BaseCommand):
                     f"{raw!r} is not a task id (a UUID); nothing was cancelled"
                 ) from None
         actor = (options["by"] or "").strip() or default_actor()
-        report = messages_cancel(task_ids=task_ids, actor=actor)
+        report = jobs_cancel(task_ids=task_ids, actor=actor)
         cancelled = {ref.task_id: ref for ref in report.cancelled}
         requested = {ref.task_id: ref for ref in report.requested}
         for task_id in dict.fromkeys(task_ids):

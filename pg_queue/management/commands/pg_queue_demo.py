@@ -268,7 +268,7 @@ def _describe_database() -> str:
 
 
 def _clear_demo_rows() -> None:
-    """Remove earlier demo runs' rows: the demo queue's messages, results and dead letters only."""
+    """Remove earlier demo runs' rows: the demo queue's jobs, results and dead letters only."""
     with transaction.atomic(), connection.cursor() as cursor:
         for statement in sql_ops.QUEUE_CLEAR:
             cursor.execute(statement, {"queue": DEMO_QUEUE})
@@ -430,7 +430,7 @@ def _problems(s: Summary, plan: Plan, jobs: int) -> list[str]:
     if s.retries != plan.expected_retries:
         problems.append(f"{s.retries} retries, expected {plan.expected_retries}")
     if s.left_in_queue:
-        problems.append(f"{s.left_in_queue} messages still in the demo queue")
+        problems.append(f"{s.left_in_queue} jobs still in the demo queue")
     return problems
 
 

@@ -1,4 +1,4 @@
-"""Queue messages in the admin, with the queues overview page and its actions."""
+"""Jobs in the admin, with the queues overview page and its actions."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pg_queue.admin.base import (
     BOTH,
     CONFIRM_SAMPLE,
     AttemptsFilter,
-    MessageStateFilter,
+    JobStateFilter,
     OperatorAdmin,
     PriorityForm,
     TenantFilter,
@@ -31,7 +31,7 @@ from pg_queue.admin.base import (
     _search_by_id,
     _short,
 )
-from pg_queue.models import MessageState, QueueMessage
+from pg_queue.models import Job, JobState
 from pg_queue.ops import masking, operations, overview
 from pg_queue.ops.overview import format_age
 
@@ -46,13 +46,13 @@ def refresh_seconds(raw: str) -> int:
     return seconds if seconds is not None and 1 <= seconds <= MAX_REFRESH_SECONDS else 0
 
 
-# --- messages ----------------------------------------------------------------------------------
+# --- jobs --------------------------------------------------------------------------------------
 
 
-def _ref_messages(refs: Iterable[operations.MessageRef]) -> list[QueueMessage]:
+def _job_refs(refs: Iterable[operations.JobRef]) -> list[Job]:
     """Unsaved instances carrying what a LogEntry needs (pk and ``str()``), no extra query."""
     return [
-        QueueMessage(
+        Job(
             msg_id=r.msg_id,
             task_id=r.task_id,
             task_name=r.task_name,
@@ -63,8 +63,8 @@ def _ref_messages(refs: Iterable[operations.MessageRef]) -> list[QueueMessage]:
     ]
 
 
-@admin.register(QueueMessage)
-class QueueMessageAdmin(OperatorAdmin):
+@admin.register(Job)
+class JobAdmin(OperatorAdmin):
     list_display = (
         "msg_id",
         "task_id",
@@ -81,13 +81,13 @@ class QueueMessageAdmin(OperatorAdmin):
     list_display_links = ("msg_id", "task_id")
     list_filter = (
         "queue_name",
-        MessageStateFilter,
+        JobStateFilter,
         "task_name",
         TenantFilter,
         AttemptsFilter,
     )
     search_fields = ("task_id",)  # see get_search_results
-    search_help_text = "A full task id (UUID), a message id, a worker id or a dedup key."
+    search_help_text = "A full task id (UUID), a job (msg_id) number, a worker id or a dedup key."
     ordering = ("-priority", "available_at", "msg_id")
     list_defer = ("payload",)
     actions = ("run_now", "cancel_jobs", "change_priority")
@@ -131,13 +131,13 @@ class QueueMessageAdmin(OperatorAdmin):
         # pg_queue_purge, which says it throws jobs away).
         return False
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[QueueMessage]:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         # The database clock rides along with the rows: ages and "expired" need no extra query.
         return super().get_queryset(request).annotate(db_now=Now())
 
     def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[QueueMessage], search_term: str
-    ) -> tuple[QuerySet[QueueMessage], bool]:
+        self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
+    ) -> tuple[QuerySet[Job], bool]:
         if not search_term.strip():
             return queryset, False
         found = _search_by_id(queryset, search_term, "msg_id")
@@ -181,9 +181,9 @@ class QueueMessageAdmin(OperatorAdmin):
     # --- columns ------------------------------------------------------------------------------
 
     @admin.display(description="state", ordering="state")
-    def state_display(self, obj: QueueMessage) -> SafeString:
+    def state_display(self, obj: Job) -> SafeString:
         now = getattr(obj, "db_now", None)
-        if obj.state == MessageState.CLAIMED:
+        if obj.state == JobState.CLAIMED:
             if now is not None and obj.vt is not None and obj.vt < now:
                 text = _badge("lease expired", "stuck")
             else:
@@ -197,11 +197,11 @@ class QueueMessageAdmin(OperatorAdmin):
         return text
 
     @admin.display(description="attempts", ordering="attempts")
-    def attempts_display(self, obj: QueueMessage) -> str:
+    def attempts_display(self, obj: Job) -> str:
         return f"{obj.attempts} / {obj.max_attempts}"
 
     @admin.display(description="due", ordering="available_at")
-    def due_display(self, obj: QueueMessage) -> str:
+    def due_display(self, obj: Job) -> str:
         now = getattr(obj, "db_now", None)
         age = _age(now, obj.available_at)
         if age is None:
@@ -209,24 +209,24 @@ class QueueMessageAdmin(OperatorAdmin):
         return f"in {format_age(-age)}" if age < 0 else f"{format_age(age)} ago"
 
     @admin.display(description="lease")
-    def lease_display(self, obj: QueueMessage) -> SafeString:
+    def lease_display(self, obj: Job) -> SafeString:
         left = _age(obj.vt, getattr(obj, "db_now", None))
-        if obj.state != MessageState.CLAIMED or left is None:
+        if obj.state != JobState.CLAIMED or left is None:
             return SafeString("-")
         if left < 0:
             return _badge(f"expired {format_age(-left)} ago", "stuck")
         return format_html("{} left", format_age(left))
 
     @admin.display(description="last error")
-    def error_display(self, obj: QueueMessage) -> str:
+    def error_display(self, obj: Job) -> str:
         return _short(obj.last_error)
 
     @admin.display(description="last error")
-    def last_error_display(self, obj: QueueMessage) -> SafeString:
+    def last_error_display(self, obj: Job) -> SafeString:
         return _pre(obj.last_error)
 
     @admin.display(description="payload")
-    def payload_display(self, obj: QueueMessage) -> SafeString:
+    def payload_display(self, obj: Job) -> SafeString:
         return _pre(masking.pretty_json(obj.payload))
 
     # --- actions ------------------------------------------------------------------------------
@@ -234,13 +234,13 @@ class QueueMessageAdmin(OperatorAdmin):
     @admin.action(
         permissions=["change"],
         description="Run now (make delayed jobs due)",
-        description_plural="Run selected messages now (make delayed ones due)",
+        description_plural="Run selected jobs now (make delayed ones due)",
         location=BOTH,
     )
-    def run_now(self, request: HttpRequest, queryset: QuerySet[QueueMessage]) -> None:
+    def run_now(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         ids = self._selected_ids(request, queryset)
-        changed = operations.messages_run_now(ids)
-        self._log(request, _ref_messages(changed), CHANGE, "Run now: made due immediately")
+        changed = operations.jobs_run_now(ids)
+        self._log(request, _job_refs(changed), CHANGE, "Run now: made due immediately")
         skipped = len(ids) - len(changed)
         self.message_user(
             request,
@@ -252,19 +252,17 @@ class QueueMessageAdmin(OperatorAdmin):
     @admin.action(
         permissions=["change"],
         description="Cancel",
-        description_plural="Cancel selected messages",
+        description_plural="Cancel selected jobs",
         location=BOTH,
     )
-    def cancel_jobs(
-        self, request: HttpRequest, queryset: QuerySet[QueueMessage]
-    ) -> HttpResponse | None:
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> HttpResponse | None:
         ids = self._selected_ids(request, queryset)
         if self._too_many(request, ids):
             return None
         if request.POST.get("pgq_confirm") != "yes":
             counts = queryset.order_by().aggregate(
-                queued=Count("pk", filter=Q(state=MessageState.READY)),
-                running=Count("pk", filter=Q(state=MessageState.CLAIMED)),
+                queued=Count("pk", filter=Q(state=JobState.READY)),
+                running=Count("pk", filter=Q(state=JobState.CLAIMED)),
             )
             return self._confirm(
                 request,
@@ -281,17 +279,17 @@ class QueueMessageAdmin(OperatorAdmin):
                 sample=queryset.defer("payload")[:CONFIRM_SAMPLE],
                 submit="Yes, cancel them",
             )
-        report = operations.messages_cancel(msg_ids=ids, actor=self._actor(request))
+        report = operations.jobs_cancel(msg_ids=ids, actor=self._actor(request))
         by = f"by {self._actor(request)}"
         self._log(
             request,
-            _ref_messages(report.cancelled),
+            _job_refs(report.cancelled),
             DELETION,
             f"Cancelled {by}: removed from the queue with a 'cancelled' outcome",
         )
         self._log(
             request,
-            _ref_messages(report.requested),
+            _job_refs(report.requested),
             CHANGE,
             f"Cancel requested {by}: the worker stops it at its next safe point",
         )
@@ -317,12 +315,10 @@ class QueueMessageAdmin(OperatorAdmin):
     @admin.action(
         permissions=["change"],
         description="Change priority",
-        description_plural="Change priority of selected messages",
+        description_plural="Change priority of selected jobs",
         location=BOTH,
     )
-    def change_priority(
-        self, request: HttpRequest, queryset: QuerySet[QueueMessage]
-    ) -> HttpResponse | None:
+    def change_priority(self, request: HttpRequest, queryset: QuerySet[Job]) -> HttpResponse | None:
         ids = self._selected_ids(request, queryset)
         if self._too_many(request, ids):
             return None
@@ -340,8 +336,8 @@ class QueueMessageAdmin(OperatorAdmin):
                 form=form,
             )
         priority = form.cleaned_data["priority"]
-        changed = operations.messages_set_priority(ids, priority)
-        self._log(request, _ref_messages(changed), CHANGE, f"Priority set to {priority}")
+        changed = operations.jobs_set_priority(ids, priority)
+        self._log(request, _job_refs(changed), CHANGE, f"Priority set to {priority}")
         self.message_user(
             request, f"Priority set to {priority} on {len(changed)} job(s)", messages.SUCCESS
         )

@@ -11,16 +11,16 @@ from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
 from pg_queue.core.payload import ContinuationSpec
-from pg_queue.models import QueueMessage, TaskResult
+from pg_queue.models import Job, TaskResult
 from pg_queue.producer import enqueue
 from tests.admin import factory
 
 pytestmark = pytest.mark.django_db
 
-LIST = "/admin/pg_queue/queuemessage/"
+LIST = "/admin/pg_queue/job/"
 
 
-def detail(msg: QueueMessage) -> str:
+def detail(msg: Job) -> str:
     return f"{LIST}{msg.pk}/change/"
 
 
@@ -28,7 +28,7 @@ def listed(response) -> set[int]:
     return {obj.pk for obj in response.context["cl"].result_list}
 
 
-def act(client, action: str, *msgs: QueueMessage, **extra):
+def act(client, action: str, *msgs: Job, **extra):
     data = {"action": action, "index": "0", "_selected_action": [m.pk for m in msgs], **extra}
     return client.post(LIST, data)
 
@@ -43,13 +43,13 @@ def confirm(client, response, url: str = LIST, **fields):
 
 
 def test_list_filters_narrow_the_rows(admin_client):
-    due = factory.message(queue="a", task="t.one", due_ago=5)
-    delayed = factory.message(queue="a", task="t.two", delay=600)
-    running = factory.message(queue="b", state="claimed", worker_id="w1", lease_left=20)
-    expired = factory.message(queue="b", state="claimed", worker_id="w2", lease_left=-5)
-    tenant = factory.message(queue="c", tenant_key="acme", attempts=2, max_attempts=3)
-    flagged = factory.message(queue="c", state="claimed", worker_id="w1", cancel_requested=True)
-    last_run = factory.message(queue="d", state="claimed", worker_id="w1", attempts=3)
+    due = factory.job(queue="a", task="t.one", due_ago=5)
+    delayed = factory.job(queue="a", task="t.two", delay=600)
+    running = factory.job(queue="b", state="claimed", worker_id="w1", lease_left=20)
+    expired = factory.job(queue="b", state="claimed", worker_id="w2", lease_left=-5)
+    tenant = factory.job(queue="c", tenant_key="acme", attempts=2, max_attempts=3)
+    flagged = factory.job(queue="c", state="claimed", worker_id="w1", cancel_requested=True)
+    last_run = factory.job(queue="d", state="claimed", worker_id="w1", attempts=3)
 
     def rows(query: str) -> set[int]:
         response = admin_client.get(f"{LIST}?{query}")
@@ -76,18 +76,18 @@ def test_list_filters_narrow_the_rows(admin_client):
 
 
 def test_list_marks_expired_leases_and_cancel_requests(admin_client):
-    factory.message(state="claimed", worker_id="w", lease_left=-5, cancel_requested=True)
+    factory.job(state="claimed", worker_id="w", lease_left=-5, cancel_requested=True)
     html = admin_client.get(LIST).content.decode()
     assert "lease expired" in html
     assert "cancel requested" in html
 
 
 def test_list_page_queries_do_not_grow_with_rows(admin_client):
-    factory.messages(3)
+    factory.jobs(3)
     admin_client.get(LIST)
     with CaptureQueriesContext(connection) as few:
         assert admin_client.get(LIST).status_code == 200
-    factory.messages(47, queue="other", tenant_key="t")
+    factory.jobs(47, queue="other", tenant_key="t")
     with CaptureQueriesContext(connection) as many:
         response = admin_client.get(LIST)
     assert len(response.context["cl"].result_list) == 50
@@ -96,7 +96,7 @@ def test_list_page_queries_do_not_grow_with_rows(admin_client):
 
 
 def test_detail_shows_pretty_payload_with_secrets_masked_at_any_depth(admin_client):
-    msg = factory.message(
+    msg = factory.job(
         state="claimed",
         worker_id="web-1-42",
         attempts=2,
@@ -127,7 +127,7 @@ def test_detail_shows_pretty_payload_with_secrets_masked_at_any_depth(admin_clie
 
 
 def test_messages_are_read_only(admin_client):
-    msg = factory.message()
+    msg = factory.job()
     assert admin_client.get(f"{LIST}add/").status_code == 403
     saved = admin_client.post(detail(msg), {"priority": "9", "_save": "Save"})
     assert saved.status_code == 403
@@ -139,25 +139,25 @@ def test_messages_are_read_only(admin_client):
     assert {"run_now", "cancel_jobs", "change_priority"} <= set(actions)
 
 
-def _due_now(msg: QueueMessage) -> bool:
-    return QueueMessage.objects.filter(pk=msg.pk, available_at__lte=Now()).exists()
+def _due_now(msg: Job) -> bool:
+    return Job.objects.filter(pk=msg.pk, available_at__lte=Now()).exists()
 
 
-def _log(msg: QueueMessage) -> list[LogEntry]:
+def _log(msg: Job) -> list[LogEntry]:
     return list(LogEntry.objects.filter(object_id=str(msg.pk)).order_by("pk"))
 
 
 def test_run_now_makes_delayed_jobs_due_and_logs_it(staff_client):
-    client = staff_client("change_queuemessage")
-    delayed = factory.message(delay=3600)
-    due = factory.message(due_ago=60)
-    running = factory.message(state="claimed", worker_id="w")
+    client = staff_client("change_job")
+    delayed = factory.job(delay=3600)
+    due = factory.job(due_ago=60)
+    running = factory.job(state="claimed", worker_id="w")
     response = act(client, "run_now", delayed, due, running)
     assert response.status_code == 302
     assert _due_now(delayed)
     # an already-due job keeps its place in the claim order; a running one is untouched
-    assert QueueMessage.objects.get(pk=due.pk).available_at == due.available_at
-    assert QueueMessage.objects.get(pk=running.pk).available_at == running.available_at
+    assert Job.objects.get(pk=due.pk).available_at == due.available_at
+    assert Job.objects.get(pk=running.pk).available_at == running.available_at
     (entry,) = _log(delayed)
     assert entry.user == client.user
     assert entry.action_flag == CHANGE
@@ -174,30 +174,30 @@ def test_run_now_makes_delayed_jobs_due_and_logs_it(staff_client):
 def test_cancel_asks_first_then_removes_queued_jobs_with_an_outcome_and_fires_on_error(
     staff_client,
 ):
-    client = staff_client("change_queuemessage")
+    client = staff_client("change_job")
     handle = enqueue(
         "workers.tasks.echo",
         [1],
         queue="default",
         on_error=ContinuationSpec(task_name="workers.tasks.on_failed", queue="errors", args=["x"]),
     )
-    queued = QueueMessage.objects.get(task_id=handle.task_id)
-    running = factory.message(state="claimed", worker_id="w")
+    queued = Job.objects.get(task_id=handle.task_id)
+    running = factory.job(state="claimed", worker_id="w")
 
     asked = act(client, "cancel_jobs", queued, running)
     assert asked.status_code == 200
     assert b"Cancel 2 job(s)?" in asked.content
     assert b"1 queued" in asked.content
     assert b"1 running" in asked.content
-    assert QueueMessage.objects.filter(pk__in=[queued.pk, running.pk]).count() == 2  # not yet
+    assert Job.objects.filter(pk__in=[queued.pk, running.pk]).count() == 2  # not yet
 
     done = confirm(client, asked)
     assert done.status_code == 302
-    assert not QueueMessage.objects.filter(pk=queued.pk).exists()
+    assert not Job.objects.filter(pk=queued.pk).exists()
     outcome = TaskResult.objects.get(task_id=handle.task_id)
     assert outcome.status == "cancelled"
     assert outcome.error == f"cancelled by {client.user.username}"
-    callback = QueueMessage.objects.get(task_name="workers.tasks.on_failed")
+    callback = Job.objects.get(task_name="workers.tasks.on_failed")
     assert callback.queue_name == "errors"
     assert callback.payload["args"] == [
         str(handle.task_id),
@@ -219,8 +219,8 @@ def test_cancel_asks_first_then_removes_queued_jobs_with_an_outcome_and_fires_on
 
 
 def test_cancel_from_the_detail_page_returns_to_the_list(staff_client):
-    client = staff_client("change_queuemessage")
-    msg = factory.message()
+    client = staff_client("change_job")
+    msg = factory.job()
     page = client.get(detail(msg))
     assert page.status_code == 200
     assert b'name="CHANGE_FORM-action"' in page.content
@@ -230,13 +230,13 @@ def test_cancel_from_the_detail_page_returns_to_the_list(staff_client):
     done = confirm(client, asked, url=detail(msg))
     assert done.status_code == 302
     assert done["Location"] == LIST
-    assert not QueueMessage.objects.filter(pk=msg.pk).exists()
+    assert not Job.objects.filter(pk=msg.pk).exists()
     assert TaskResult.objects.get(task_id=msg.task_id).status == "cancelled"
 
 
 def test_change_priority_validates_then_sets_it_and_logs_it(staff_client):
-    client = staff_client("change_queuemessage")
-    a, b = factory.message(), factory.message(priority=3)
+    client = staff_client("change_job")
+    a, b = factory.job(), factory.job(priority=3)
     form = act(client, "change_priority", a, b)
     assert form.status_code == 200
     assert b'name="priority"' in form.content
@@ -247,11 +247,11 @@ def test_change_priority_validates_then_sets_it_and_logs_it(staff_client):
     refused = confirm(client, form, priority="high")
     assert refused.status_code == 200
     assert b"Enter a whole number" in refused.content
-    assert set(QueueMessage.objects.values_list("priority", flat=True)) == {0, 3}
+    assert set(Job.objects.values_list("priority", flat=True)) == {0, 3}
 
     done = confirm(client, form, priority="3")
     assert done.status_code == 302
-    assert set(QueueMessage.objects.values_list("priority", flat=True)) == {3}
+    assert set(Job.objects.values_list("priority", flat=True)) == {3}
     (entry,) = _log(a)  # b already had priority 3: nothing changed, nothing logged
     assert entry.change_message == "Priority set to 3"
     assert not _log(b)
@@ -259,7 +259,7 @@ def test_change_priority_validates_then_sets_it_and_logs_it(staff_client):
 
 def test_bulk_cancel_of_thousands_is_set_based(admin_client):
     def cancel_all() -> tuple[int, int]:
-        first = QueueMessage.objects.order_by("pk").first()
+        first = Job.objects.order_by("pk").first()
         asked = admin_client.post(
             LIST,
             {
@@ -273,12 +273,12 @@ def test_bulk_cancel_of_thousands_is_set_based(admin_client):
             confirm(admin_client, asked)
         return len(queries), len(asked.context["echo"])
 
-    factory.messages(20)
+    factory.jobs(20)
     few, _ = cancel_all()
     assert TaskResult.objects.filter(status="cancelled").count() == 20
-    factory.messages(3000)
+    factory.jobs(3000)
     many, _ = cancel_all()
-    assert not QueueMessage.objects.exists()
+    assert not Job.objects.exists()
     assert TaskResult.objects.filter(status="cancelled").count() == 3020
     assert LogEntry.objects.filter(action_flag=DELETION).count() == 3020
     assert many == few  # one DELETE, one LogEntry batch, whatever the count
@@ -286,8 +286,8 @@ def test_bulk_cancel_of_thousands_is_set_based(admin_client):
 
 
 def test_actions_need_the_change_permission(staff_client):
-    viewer = staff_client("view_queuemessage")
-    msg = factory.message(delay=600)
+    viewer = staff_client("view_job")
+    msg = factory.job(delay=600)
     page = viewer.get(LIST)
     assert page.status_code == 200
     assert page.context["action_form"] is None  # no action offered at all
@@ -299,28 +299,28 @@ def test_actions_need_the_change_permission(staff_client):
 
 
 def test_message_pages_are_denied_without_staff_or_permission(client, staff_client):
-    msg = factory.message()
+    msg = factory.job()
     for url in (LIST, detail(msg)):
         response = client.get(url)
         assert response.status_code == 302
         assert "/admin/login/" in response["Location"]
-        response = staff_client("view_queuemessage", staff=False).get(url)
+        response = staff_client("view_job", staff=False).get(url)
         assert response.status_code == 302
         assert "/admin/login/" in response["Location"]
         assert staff_client("view_deadletter").get(url).status_code == 403
 
 
 def test_cancel_by_task_id_of_an_unknown_job_reports_not_found():
-    from pg_queue.ops.operations import messages_cancel
+    from pg_queue.ops.operations import jobs_cancel
 
-    report = messages_cancel(task_ids=[uuid.uuid4()], actor="ops")
+    report = jobs_cancel(task_ids=[uuid.uuid4()], actor="ops")
     assert report.not_found
     assert not report.cancelled
     assert not report.requested
 
 
 def test_tenant_filter_keeps_the_other_filters_and_the_search(admin_client):
-    msg = factory.message(queue="a", tenant_key="acme")
+    msg = factory.job(queue="a", tenant_key="acme")
     html = admin_client.get(f"{LIST}?queue_name=a&q={msg.task_id}&o=2").content.decode()
     assert '<input type="hidden" name="queue_name" value="a">' in html
     assert f'<input type="hidden" name="q" value="{msg.task_id}">' in html
@@ -332,7 +332,7 @@ def test_tenant_filter_keeps_the_other_filters_and_the_search(admin_client):
     [LIST, "/admin/pg_queue/deadletter/", "/admin/pg_queue/taskresult/", "/admin/pg_queue/worker/"],
 )
 def test_list_pages_render_with_facet_counts(admin_client, url):
-    factory.message(tenant_key="acme")
+    factory.job(tenant_key="acme")
     factory.dead_letter()
     factory.result()
     factory.worker("w", queues=["default"])
