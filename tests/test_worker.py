@@ -13,7 +13,7 @@ from django.db import connection
 
 from pg_queue.models import DeadLetter, Job, TaskResult, Worker
 from pg_queue.producer import enqueue, enqueue_many
-from tests.conftest import REPO_ROOT, worker_command
+from tests.conftest import REPO_ROOT, run_manage_worker, worker_command
 from workers import tasks
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -267,3 +267,32 @@ def test_notify_traffic_on_one_queue_does_not_starve_due_jobs_of_another(serving
                 break
     assert status == "succeeded", f"the due job on 'quiet' is still {status}"
     serving_worker.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flags", "start_line"),
+    [((), True), (("--loglevel", "warning"), False)],
+    ids=["default-info", "warning"],
+)
+def test_worker_in_a_project_without_pg_queue_logging_prints_its_start_line(
+    worker_env, flags, start_line
+):
+    """Like ``celery worker``: a readable console log even when the project configured none,
+    and a start line that says what the worker serves, what it knows and where it connects."""
+    env = {**worker_env, "DJANGO_SETTINGS_MODULE": "tests.fresh_settings"}
+    code, output = run_manage_worker(env, "--queues", "nobody-here", *flags)
+    assert code == 0, output
+    started = [line for line in output.splitlines() if "worker started" in line]
+    if not start_line:
+        assert started == [], output
+        return
+    assert len(started) == 1, output
+    line = started[0]
+    assert " INFO pg_queue.worker worker started " in line, line
+    for part in ("queues=nobody-here=1", "concurrency=", "tasks=", "celery_tasks=", "modules="):
+        assert part in line, line
+    assert f"database={connection.settings_dict['USER']}@" in line, line
+    assert connection.settings_dict["NAME"] in line, line
+    assert "password" not in line.lower(), line

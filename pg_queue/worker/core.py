@@ -107,8 +107,11 @@ class Worker:
         notify: bool | None = None,
         database: str = "default",
         on_progress: Callable[[WorkerStats], None] | None = None,
+        banner: str = "",
     ) -> None:
         conf = queue_settings()
+        #: More for the start line (``run_pg_worker``: tasks known, modules, the database).
+        self.banner = banner
         self.conf = conf
         self.queues = queues or {conf.default_queue: 1}
         self.concurrency = concurrency or conf.concurrency
@@ -220,12 +223,16 @@ class Worker:
         self.pool.start()
         self._started = True
         logger.info(
-            "worker started worker_id=%s queues=%s concurrency=%d batch=%d burst=%s",
+            "worker started worker_id=%s queues=%s concurrency=%d batch=%d burst=%s notify=%s "
+            "pooled=%s%s",
             self.worker_id,
             ",".join(f"{q}={w}" for q, w in self.queues.items()),
             self.concurrency,
             self.batch_size,
             self.burst,
+            self._listener is not None,
+            self.pooled,
+            f" {self.banner}" if self.banner else "",
         )
         try:
             self.coordinator.run()

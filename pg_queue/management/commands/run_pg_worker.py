@@ -11,12 +11,14 @@ from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 
 from pg_queue.core.conf import queue_settings
 from pg_queue.registry import celery_app, import_task_modules, native_tasks
 from pg_queue.worker import Worker, parse_queues
 from pg_queue.worker.core import DEFAULT_SHUTDOWN_GRACE, EXIT_TIME_LIMIT
 from pg_queue.worker.health import HealthServer
+from pg_queue.worker.logconfig import LEVELS, configure_worker_logging, database_label
 from pg_queue.worker.supervisor import Supervisor
 
 logger = logging.getLogger("pg_queue.worker")
@@ -72,9 +74,17 @@ class Command(BaseCommand):
             action="store_true",
             help="no LISTEN/NOTIFY wake-ups, poll only (e.g. behind PgBouncer)",
         )
+        parser.add_argument(
+            "--loglevel",
+            choices=LEVELS,
+            default=None,
+            help="log level of pg_queue's console log (default info); a console log is set up "
+            "only if the project configured no handler for the pg_queue loggers",
+        )
         parser.add_argument("--child-health-file", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        configure_worker_logging(options["loglevel"])
         queues = self._validate(options)
         if options["processes"] > 1:
             self._supervise(options)
@@ -85,6 +95,11 @@ class Command(BaseCommand):
             raise CommandError(f"cannot import task module: {exc}") from None
         app = celery_app()
         celery_count = len([n for n in app.tasks if not n.startswith("celery.")]) if app else 0
+        banner = (
+            f"tasks={len(native_tasks())} celery_tasks={celery_count} "
+            f"modules={','.join(modules) or '-'} "
+            f"database={database_label(connections['default'].settings_dict)}"
+        )
         worker = Worker(
             queues=queues,
             concurrency=options["concurrency"],
@@ -97,12 +112,7 @@ class Command(BaseCommand):
             exit_on_time_limit=options["child_health_file"] is not None,
             health_file=options["child_health_file"],
             notify=False if options["no_notify"] else None,
-        )
-        logger.info(
-            "tasks known native=%d celery=%d modules=%s",
-            len(native_tasks()),
-            celery_count,
-            ",".join(modules) or "-",
+            banner=banner,
         )
         self._install_signals(worker)
         server = self._start_health(worker, options)
@@ -162,6 +172,8 @@ class Command(BaseCommand):
             child_args.append("--burst")
         if options["no_notify"]:
             child_args.append("--no-notify")
+        if options["loglevel"]:
+            child_args += ["--loglevel", options["loglevel"]]
         for module in options["include"]:
             child_args += ["--include", module]
         supervisor = Supervisor(
