@@ -11,16 +11,19 @@ Not supported under the Postgres worker (documented in docs/cutover.md): ``task.
 delivery details (exchange, routing key), ``acks_late``/``reject_on_worker_lost`` (the lease
 already gives at-least-once), Celery signals (``task_prerun`` etc.), soft time limits, canvas
 primitives beyond a single link / link_error, and chords.
+
+Celery is the optional ``pg-queue[celery]`` extra: this module is imported by every producer and
+worker, so it imports Celery only inside the functions that run a Celery task (which exist only
+when Celery does).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import uuid
 from typing import Any
 
-from celery.app.task import Task as CeleryTask
-from celery.exceptions import Retry as CeleryRetry
 from django.utils import timezone
 
 from pg_queue.core.exceptions import Reject, Retry
@@ -32,7 +35,9 @@ UNBOUNDED_ATTEMPTS = 10_000
 
 
 def is_celery_task(obj: Any) -> bool:
-    return isinstance(obj, CeleryTask)
+    """True for a Celery task object; never imports Celery (no Celery loaded, no Celery task)."""
+    module = sys.modules.get("celery.app.task")
+    return module is not None and isinstance(obj, module.Task)
 
 
 def celery_max_attempts(task: Any) -> int:
@@ -55,6 +60,8 @@ def run_celery_task(
     task: Any, task_id: uuid.UUID, args: list[Any], kwargs: dict[str, Any], attempt: int
 ) -> Any:
     """Run ``task`` here; returns its value, or raises ``Retry`` / ``Reject`` for the worker."""
+    from celery.exceptions import Retry as CeleryRetry  # a Celery task exists: so does Celery
+
     task.push_request(
         id=str(task_id),
         args=args,

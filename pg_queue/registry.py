@@ -7,6 +7,7 @@ decorator, which registers here; this module never imports it back (no import cy
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +50,32 @@ def native_tasks() -> dict[str, Task]:
         return dict(_tasks)
 
 
+#: What to install for ``PG_QUEUE['CELERY_APP']``; named by this error and by ``manage.py check``.
+CELERY_EXTRA = "pg-queue[celery]"
+
+
+def celery_installed() -> bool:
+    """Whether Celery can be imported (the ``pg-queue[celery]`` extra); imports nothing."""
+    try:
+        return importlib.util.find_spec("celery") is not None
+    except (ImportError, ValueError):  # a finder that refuses it says the same
+        return False
+
+
 def celery_app() -> Any | None:
-    """The Celery app named by ``PG_QUEUE['CELERY_APP']`` (``module:attr``), or None."""
+    """The Celery app named by ``PG_QUEUE['CELERY_APP']`` (``module:attr``), or None.
+
+    ``ConfigurationError`` naming the extra when the setting is on but Celery is not installed
+    (``manage.py check`` reports the same as ``pg_queue.E016`` before any worker starts).
+    """
     path = queue_settings().celery_app
     if not path:
         return None
+    if not celery_installed():
+        raise ConfigurationError(
+            f"PG_QUEUE['CELERY_APP'] is {path!r} but Celery is not installed: "
+            f"pip install '{CELERY_EXTRA}'"
+        )
     return import_string(path.replace(":", "."))
 
 

@@ -8,26 +8,33 @@ The default provider is OpenFeature's in-memory provider with one flag whose eva
 ``PG_QUEUE`` routing settings, so a team can roll out by percentage or tenant with no flag
 service. Point ``PG_QUEUE['FLAG_PROVIDER']`` at a factory to use a real one (Flipt, LaunchDarkly,
 flagd...), or at "global" to use the provider the application already registered.
+
+OpenFeature is the optional ``pg-queue[flags]`` extra, needed only for ``FLAG_PROVIDER``.
+Without it the default rules are evaluated directly (same answers, same reason); a configured
+``FLAG_PROVIDER`` cannot be, so every call answers Celery and ``manage.py check`` reports
+``pg_queue.E017`` naming the extra.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.utils.module_loading import import_string
-from openfeature import api
-from openfeature.evaluation_context import EvaluationContext
-from openfeature.flag_evaluation import FlagResolutionDetails, Reason
-from openfeature.provider import FeatureProvider
-from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
-from prometheus_client import Counter
 
+from pg_queue import metrics
 from pg_queue.core.conf import queue_settings
+
+if TYPE_CHECKING:
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.flag_evaluation import FlagResolutionDetails
+    from openfeature.provider import FeatureProvider
+    from openfeature.provider.in_memory_provider import InMemoryFlag
 
 logger = logging.getLogger("pg_queue.routing")
 
@@ -35,10 +42,20 @@ FLAG_KEY = "pg_queue_enabled"
 #: OpenFeature domain our provider is bound to, so the app's global provider is untouched.
 DOMAIN = "pg_queue"
 LOG_BURST_SECONDS = 60.0
+#: What to install for ``FLAG_PROVIDER``; named by the log line and by ``manage.py check``.
+FLAGS_EXTRA = "pg-queue[flags]"
 
-FLAG_FALLBACK = Counter(
+FLAG_FALLBACK = metrics.counter(
     "pg_queue_flag_fallback", "Routed calls sent to Celery because the flag failed", ["kind"]
 )
+
+
+def openfeature_installed() -> bool:
+    """Whether openfeature-sdk can be imported (the ``pg-queue[flags]`` extra); imports nothing."""
+    try:
+        return importlib.util.find_spec("openfeature") is not None
+    except (ImportError, ValueError):  # a finder that refuses it says the same
+        return False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -52,25 +69,31 @@ def _bucket(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % 100
 
 
-def _evaluate_settings(flag: InMemoryFlag[Any], ctx: EvaluationContext) -> FlagResolutionDetails:
+def _settings_decision(tenant: str, task_name: str) -> tuple[bool, str]:
+    """The default rules, read from ``PG_QUEUE`` routing settings: (value, why)."""
     conf = queue_settings()
-    tenant = ctx.targeting_key or ""
-    task_name = str((ctx.attributes or {}).get("task_name", ""))
     if tenant and tenant in conf.routing_exclude_tenants:
-        value, why = False, "tenant excluded"
-    elif conf.routing_tasks and task_name not in conf.routing_tasks:
+        return False, "tenant excluded"
+    if conf.routing_tasks and task_name not in conf.routing_tasks:
         # Before the tenant list: ROUTING_TASKS limits what may ride Postgres at all, so a
         # canary tenant must not pull an unlisted task onto it.
-        value, why = False, "task not in ROUTING_TASKS"
-    elif tenant and tenant in conf.routing_tenants:
-        value, why = True, "tenant included"
-    elif not conf.routing_enabled:
-        value, why = False, "routing disabled"
-    elif conf.routing_percent >= 100:
-        value, why = True, "enabled for all"
-    else:
-        value = _bucket(tenant) < conf.routing_percent if tenant else False
-        why = f"percentage {conf.routing_percent}"
+        return False, "task not in ROUTING_TASKS"
+    if tenant and tenant in conf.routing_tenants:
+        return True, "tenant included"
+    if not conf.routing_enabled:
+        return False, "routing disabled"
+    if conf.routing_percent >= 100:
+        return True, "enabled for all"
+    value = _bucket(tenant) < conf.routing_percent if tenant else False
+    return value, f"percentage {conf.routing_percent}"
+
+
+def _evaluate_settings(flag: InMemoryFlag[Any], ctx: EvaluationContext) -> FlagResolutionDetails:
+    from openfeature.flag_evaluation import FlagResolutionDetails, Reason
+
+    value, why = _settings_decision(
+        ctx.targeting_key or "", str((ctx.attributes or {}).get("task_name", ""))
+    )
     return FlagResolutionDetails(
         value=value,
         reason=Reason.TARGETING_MATCH,
@@ -81,6 +104,8 @@ def _evaluate_settings(flag: InMemoryFlag[Any], ctx: EvaluationContext) -> FlagR
 
 def settings_provider() -> FeatureProvider:
     """The default provider: in-memory, evaluated from ``PG_QUEUE`` routing settings."""
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
     flag = InMemoryFlag(
         default_variant="off",
         variants={"on": True, "off": False},
@@ -99,6 +124,8 @@ def _ensure_provider() -> None:
     path = queue_settings().flag_provider
     if _configured_for == path:
         return
+    from openfeature import api
+
     with _setup_lock:
         if _configured_for == path:
             return
@@ -122,7 +149,12 @@ def use_postgres(*, task_name: str, queue: str, org_id: str = "") -> FlagDecisio
     """Should this call ride Postgres? Never raises; any doubt answers Celery."""
     if not queue_settings().transport_enabled:
         return FlagDecision(use_postgres=False, reason="kill_switch")
+    if not openfeature_installed():
+        return _decide_without_openfeature(task_name, org_id)
     try:
+        from openfeature import api
+        from openfeature.evaluation_context import EvaluationContext
+
         _ensure_provider()
         client = api.get_client(DOMAIN if queue_settings().flag_provider != "global" else None)
         details = client.get_boolean_details(
@@ -155,6 +187,22 @@ def use_postgres(*, task_name: str, queue: str, org_id: str = "") -> FlagDecisio
         )
         return FlagDecision(use_postgres=False, reason="error:TYPE_MISMATCH")
     return FlagDecision(use_postgres=details.value, reason="flag")
+
+
+def _decide_without_openfeature(task_name: str, org_id: str) -> FlagDecision:
+    """No ``flags`` extra: the default rules still apply; a configured provider cannot."""
+    if not queue_settings().flag_provider:
+        value, _why = _settings_decision(org_id, task_name)
+        return FlagDecision(use_postgres=value, reason="flag")
+    kind = "FLAGS_EXTRA_MISSING"
+    FLAG_FALLBACK.labels(kind).inc()
+    _log_burst(
+        kind,
+        "PG_QUEUE['FLAG_PROVIDER'] is set but openfeature-sdk is not installed "
+        "(pip install '%s'); routing to Celery",
+        FLAGS_EXTRA,
+    )
+    return FlagDecision(use_postgres=False, reason=f"error:{kind}")
 
 
 def reset_provider() -> None:

@@ -3,6 +3,9 @@
 Liveness is judged from two timestamps the worker keeps: the last pass of the claim loop and the
 last successful heartbeat. The heartbeat runs in its own thread, so a long task does not make a
 healthy worker look dead; a wedged claim loop or a database the heartbeat cannot reach does.
+
+``/metrics`` needs prometheus-client (the ``pg-queue[metrics]`` extra). Without it ``/healthz``
+works the same and ``/metrics`` answers 501 with a text that names the extra.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from pg_queue import metrics
 
 logger = logging.getLogger("pg_queue.health")
 
@@ -31,8 +34,10 @@ class HealthServer:
         probe: Probe,
         *,
         host: str = "127.0.0.1",
-        registry: CollectorRegistry = REGISTRY,
+        registry: Any = None,
     ) -> None:
+        """``registry``: the prometheus-client registry ``/metrics`` serves (default: the
+        process's own)."""
         self.probe = probe
         self.registry = registry
         server = self
@@ -44,7 +49,7 @@ class HealthServer:
                     body = json.dumps({"healthy": healthy, **details}).encode()
                     self._reply(200 if healthy else 503, "application/json", body)
                 elif self.path.startswith("/metrics"):
-                    self._reply(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                    self._reply(*server.metrics())
                 else:
                     self._reply(404, "text/plain", b"not found\n")
 
@@ -65,9 +70,22 @@ class HealthServer:
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.25}, name="pg-queue-health"
         )
 
+    def metrics(self) -> tuple[int, str, bytes]:
+        """The ``/metrics`` reply: (status, content type, body)."""
+        prometheus = metrics.prometheus
+        if prometheus is None:
+            return 501, "text/plain; charset=utf-8", metrics.METRICS_UNAVAILABLE.encode()
+        registry = self.registry if self.registry is not None else prometheus.REGISTRY
+        return 200, prometheus.CONTENT_TYPE_LATEST, prometheus.generate_latest(registry)
+
     def start(self) -> HealthServer:
         self._thread.start()
         logger.info("health server listening port=%d", self.port)
+        if metrics.prometheus is None:
+            logger.warning(
+                "prometheus-client is not installed: /metrics answers 501 (pip install '%s')",
+                metrics.METRICS_EXTRA,
+            )
         return self
 
     def stop(self) -> None:

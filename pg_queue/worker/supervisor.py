@@ -271,15 +271,16 @@ class Supervisor:
     def _start_health(self) -> Any:
         if self.health_port is None:
             return None
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        from pg_queue.metrics import QueueDepthCollector
+        from pg_queue import metrics
         from pg_queue.worker.health import HealthServer
 
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self._metrics_dir)
-        registry.register(QueueDepthCollector())
+        registry = None  # without prometheus-client /metrics says which extra to install
+        if metrics.prometheus is not None:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = metrics.prometheus.CollectorRegistry()
+            MultiProcessCollector(registry, path=self._metrics_dir)
+            registry.register(metrics.QueueDepthCollector())
         return HealthServer(
             self.health_port, self.health, host=self.health_host, registry=registry
         ).start()

@@ -7,12 +7,19 @@ import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+
+try:  # the optional pg-queue[cli] extra: handle() names it when rich is missing
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+except ImportError as exc:
+    _RICH_MISSING: ImportError | None = exc
+else:
+    _RICH_MISSING = None
 
 from pg_queue.bench import runner as bench
 from pg_queue.core.conf import queue_settings
+from pg_queue.management.commands._cli import require_rich
 
 WORKLOADS = ("drain", "enqueue", "latency", "rpc", "scale", "all")
 DEFAULT_N = {"drain": 20_000, "enqueue": 5_000, "latency": 1_000, "rpc": 500, "scale": 1_000_000}
@@ -30,6 +37,7 @@ class Command(BaseCommand):
         n = options["n"]
         if n is not None and n < 1:
             raise CommandError(f"--n must be >= 1, got {n}")
+        require_rich(_RICH_MISSING, "pg_queue_bench")
         console = Console(stderr=options["json"])
         conf = queue_settings()
         console.print(

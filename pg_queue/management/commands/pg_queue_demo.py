@@ -31,20 +31,27 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
-from rich.text import Text
+
+try:  # the optional pg-queue[cli] extra: handle() names it when rich is missing
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+    from rich.text import Text
+except ImportError as exc:
+    _RICH_MISSING: ImportError | None = exc
+else:
+    _RICH_MISSING = None
 
 from pg_queue.core.options import JobSpec
 from pg_queue.db import sql_ops
+from pg_queue.management.commands._cli import require_rich
 from pg_queue.producer import enqueue_many, job
 
 #: Module whose tasks the demo enqueues; the worker imports it with ``--include``.
@@ -130,6 +137,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        require_rich(_RICH_MISSING, "pg_queue_demo")
         jobs: int = options["jobs"]
         concurrency: int = options["concurrency"]
         timeout: float = options["timeout"]

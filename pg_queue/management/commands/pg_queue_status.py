@@ -21,12 +21,19 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from rich import box
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
+try:  # the optional pg-queue[cli] extra: handle() names it when rich is missing
+    from rich import box
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+except ImportError as exc:
+    _RICH_MISSING: ImportError | None = exc
+else:
+    _RICH_MISSING = None
+
+from pg_queue.management.commands._cli import require_rich
 from pg_queue.ops.overview import (
     STUCK_READY_SECONDS,
     Overview,
@@ -81,6 +88,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"--stuck-ready-seconds must be > 0, got {options['stuck_ready_seconds']:g}"
             )
+        if not options["json"]:
+            require_rich(_RICH_MISSING, "pg_queue_status (use --json without it)")
         out = getattr(self.stdout, "_out", sys.stdout)
         try:
             if watch is None:

@@ -151,7 +151,7 @@ class Command(BaseCommand):
     def _start_health(worker: Worker, options: dict[str, Any]) -> HealthServer | None:
         if options["health_port"] is None:
             return None
-        from pg_queue.metrics import QueueDepthCollector
+        from pg_queue.metrics import register_queue_depth
 
         try:
             server = HealthServer(
@@ -159,7 +159,7 @@ class Command(BaseCommand):
             )
         except OSError as exc:
             raise CommandError(f"--health-port {options['health_port']}: {exc}") from None
-        _register_depth_collector(QueueDepthCollector())
+        register_queue_depth()  # does nothing without prometheus-client
         return server.start()
 
     @staticmethod
@@ -208,16 +208,3 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-
-
-_depth_registered = False
-
-
-def _register_depth_collector(collector: Any) -> None:
-    """Register the queue-depth collector once per process (REGISTRY refuses duplicates)."""
-    global _depth_registered
-    if not _depth_registered:
-        from prometheus_client import REGISTRY
-
-        REGISTRY.register(collector)
-        _depth_registered = True
