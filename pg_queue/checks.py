@@ -1,15 +1,23 @@
 """Misconfiguration reported by ``manage.py check`` instead of at 3 a.m. in a worker log.
 
-Every message has a stable id (``pg_queue.E0xx`` errors, ``pg_queue.W0xx`` warnings) so a
-project can silence one on purpose (``SILENCED_SYSTEM_CHECKS``) and docs can point at it.
+Every message has a stable id (``pg_queue.E0xx`` errors, ``pg_queue.W0xx`` warnings,
+``pg_queue.I0xx`` notes) so a project can silence one on purpose (``SILENCED_SYSTEM_CHECKS``) and
+docs can point at it.
+
+The optional packages are reported here too: a setting that needs an extra which is not
+installed (``CELERY_APP`` needs ``pg-queue[celery]``, ``FLAG_PROVIDER`` needs ``pg-queue[flags]``),
+a missing psycopg 3, and admin features the installed Django is too old for.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
+import django
+from django.apps import apps
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
 from django.db import connections
 
 from pg_queue.core.conf import QueueSettings, queue_settings, unknown_keys
@@ -60,6 +68,7 @@ def check_pg_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += _check_worker_limits(conf)
     messages += _check_pooler(conf)
     messages += _check_routing_and_celery(conf)
+    messages += _check_psycopg()
     return messages
 
 
@@ -219,17 +228,86 @@ def _check_routing_and_celery(conf: QueueSettings) -> list[CheckMessage]:
             )
         )
     if conf.celery_app:
-        from pg_queue.registry import celery_app
+        from pg_queue.registry import CELERY_EXTRA, celery_app, celery_installed
 
-        try:
-            celery_app()
-        except Exception as exc:  # an app module may fail in any way while importing
+        if not celery_installed():
             messages.append(
                 Error(
-                    f"PG_QUEUE['CELERY_APP'] = {conf.celery_app!r} cannot be imported: "
-                    f"{type(exc).__name__}: {exc}",
-                    hint="Use 'package.module:app' (or 'package.module.app').",
-                    id="pg_queue.E011",
+                    f"PG_QUEUE['CELERY_APP'] is {conf.celery_app!r} but Celery is not installed",
+                    hint=f"pip install '{CELERY_EXTRA}', or remove CELERY_APP.",
+                    id="pg_queue.E016",
                 )
             )
+        else:
+            try:
+                celery_app()
+            except Exception as exc:  # an app module may fail in any way while importing
+                messages.append(
+                    Error(
+                        f"PG_QUEUE['CELERY_APP'] = {conf.celery_app!r} cannot be imported: "
+                        f"{type(exc).__name__}: {exc}",
+                        hint="Use 'package.module:app' (or 'package.module.app').",
+                        id="pg_queue.E011",
+                    )
+                )
+    if conf.flag_provider and not _installed("openfeature"):
+        messages.append(
+            Error(
+                f"PG_QUEUE['FLAG_PROVIDER'] is {conf.flag_provider!r} but openfeature-sdk is "
+                "not installed: every routed call would go to Celery",
+                # The extra pg_queue.routing.flags names too (not imported here: the routing
+                # package loads the producer, which needs psycopg 3, checked below).
+                hint="pip install 'pg-queue[flags]'. Without FLAG_PROVIDER the ROUTING_* "
+                "settings route calls with no OpenFeature at all.",
+                id="pg_queue.E017",
+            )
+        )
     return messages
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+#: Two ways to get psycopg 3, for the hint of ``pg_queue.E018``.
+PSYCOPG_HINT = (
+    'pip install "psycopg[binary]" (libpq included), or pip install psycopg to use the '
+    "system's libpq. Django itself may keep using psycopg2; pg_queue's worker and producer "
+    "speak psycopg 3."
+)
+
+
+def _check_psycopg() -> list[CheckMessage]:
+    """pg_queue's own SQL runs on psycopg 3 even when Django runs on psycopg2."""
+    try:
+        import psycopg  # noqa: F401  (imported here, never at app-registry time)
+    except ImportError as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "psycopg"
+        problem = "is not installed" if missing else f"cannot be imported: {exc}"
+        return [
+            Error(
+                f"pg_queue needs psycopg 3, which {problem}", hint=PSYCOPG_HINT, id="pg_queue.E018"
+            )
+        ]
+    return []
+
+
+@register(Tags.admin)
+def check_admin_features(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Admin features that need a newer Django than the installed one, said once."""
+    from django.contrib import admin
+
+    if not apps.is_installed("django.contrib.admin") or hasattr(admin, "ActionLocation"):
+        return []
+    return [
+        Info(
+            f"Django {django.get_version()} has no actions on admin detail pages: pg_queue's "
+            "run now / cancel / change priority / requeue / discard are offered on the list "
+            "pages only",
+            hint="Django 6.1 or newer adds them to each row's page.",
+            id="pg_queue.I001",
+        )
+    ]
