@@ -1,4 +1,8 @@
+from typing import Any
+
 from django.apps import AppConfig
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 
 class PgQueueConfig(AppConfig):
@@ -10,6 +14,25 @@ class PgQueueConfig(AppConfig):
         from pg_queue import checks  # noqa: F401  (registers system checks)
         from pg_queue.registry import import_task_modules
 
+        _backport_csp_nonce_attr()
         # Like Celery's ``imports``: every process (producers too) knows each task's defaults
         # (queue, max_attempts) when it enqueues by name. An import error surfaces at startup.
         import_task_modules()
+
+
+def _csp_nonce_attr(context: Any) -> SafeString:
+    """Django 6.1's ``{% csp_nonce_attr %}`` for older Django: ``nonce="..."`` when the request
+    has a CSP nonce (Django 6.0's ``csp`` context processor), else nothing (Django 5.2)."""
+    nonce = context.get("csp_nonce")
+    return format_html('nonce="{}"', nonce) if nonce is not None else SafeString("")
+
+
+def _backport_csp_nonce_attr() -> None:
+    """Give Django < 6.1 the built-in tag the admin templates use, with 6.1's meaning.
+
+    An addition only: where Django has the tag (6.1+) nothing changes.
+    """
+    from django.template import defaulttags
+
+    if "csp_nonce_attr" not in defaulttags.register.tags:
+        defaulttags.register.simple_tag(_csp_nonce_attr, takes_context=True, name="csp_nonce_attr")

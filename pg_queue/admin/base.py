@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
+import functools
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import ActionLocation
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
 from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR
@@ -23,6 +24,57 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from pg_queue.models import JobState
+
+#: Whether this Django runs admin actions from a row's detail page too (``ActionLocation``,
+#: Django 6.1+). Older ones offer pg_queue's actions on the list pages only, and
+#: ``manage.py check`` says so (``pg_queue.I001``).
+ACTIONS_ON_CHANGE_FORM = hasattr(admin, "ActionLocation")
+
+
+class _ActionLocation(enum.Enum):
+    """Django 6.1's ``ActionLocation``, for older Django (which knows only the list)."""
+
+    CHANGE_FORM = "CHANGE_FORM"
+    CHANGE_LIST = "CHANGE_LIST"
+
+
+ActionLocation: Any = admin.ActionLocation if ACTIONS_ON_CHANGE_FORM else _ActionLocation
+
+
+def _accept_our_locations(django_action: Callable[..., Any]) -> Callable[..., Any]:
+    """``admin.action`` for Django < 6.1 that also takes 6.1's ``location=`` (of
+    ``_ActionLocation``) and ``description_plural=``.
+
+    Older Django runs actions from the list page only, which is where they stay: the location
+    is dropped, and the plural description (the list's wording, for the selected rows) becomes
+    the description. A call without such a location goes to Django unchanged, so other apps
+    see no change.
+    """
+
+    def ours(location: Any) -> bool:
+        values = location if isinstance(location, list | tuple) else [location]
+        return all(isinstance(value, _ActionLocation) for value in values)
+
+    @functools.wraps(django_action)
+    def action(function: Any = None, **options: Any) -> Any:
+        if "location" in options and ours(options["location"]):
+            del options["location"]
+            plural = options.pop("description_plural", None)
+            if plural is not None:
+                options["description"] = plural
+        return django_action(function, **options)
+
+    action._pg_queue_compat = True  # type: ignore[attr-defined]
+    return action
+
+
+#: ``admin.action`` that takes ``location=`` on every supported Django.
+action = admin.action if ACTIONS_ON_CHANGE_FORM else _accept_our_locations(admin.action)
+
+if not ACTIONS_ON_CHANGE_FORM and not hasattr(admin.action, "_pg_queue_compat"):
+    # A bridge: the ModelAdmins still declare ``@admin.action(..., location=BOTH)``. Once they
+    # use ``action`` above, this goes.
+    admin.action = action
 
 #: Both places an action can run from: the list (selected rows) and a row's detail page.
 BOTH = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
