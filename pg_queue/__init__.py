@@ -7,6 +7,32 @@ Public API (import from here)::
 
 from typing import TYPE_CHECKING, Any
 
+
+def _version() -> str:
+    """The installed distribution's version; in a source checkout never installed, the one
+    its pyproject.toml names."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pg-queue")
+    except PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        try:
+            with (Path(__file__).resolve().parent.parent / "pyproject.toml").open("rb") as f:
+                project = tomllib.load(f).get("project", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            project = {}
+        return (
+            str(project.get("version", "0+unknown"))
+            if project.get("name") == "pg-queue"
+            else "0+unknown"
+        )
+
+
+__version__ = _version()
+
 __all__ = [
     "JobContext",
     "JobHandle",
