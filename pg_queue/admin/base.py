@@ -64,17 +64,12 @@ def _accept_our_locations(django_action: Callable[..., Any]) -> Callable[..., An
                 options["description"] = plural
         return django_action(function, **options)
 
-    action._pg_queue_compat = True  # type: ignore[attr-defined]
     return action
 
 
 #: ``admin.action`` that takes ``location=`` on every supported Django.
 action = admin.action if ACTIONS_ON_CHANGE_FORM else _accept_our_locations(admin.action)
 
-if not ACTIONS_ON_CHANGE_FORM and not hasattr(admin.action, "_pg_queue_compat"):
-    # A bridge: the ModelAdmins still declare ``@admin.action(..., location=BOTH)``. Once they
-    # use ``action`` above, this goes.
-    admin.action = action
 
 #: Both places an action can run from: the list (selected rows) and a row's detail page.
 BOTH = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]

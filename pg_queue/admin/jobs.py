@@ -30,6 +30,7 @@ from pg_queue.admin.base import (
     _pre,
     _search_by_id,
     _short,
+    action,
 )
 from pg_queue.models import Job, JobState
 from pg_queue.ops import masking, operations, overview
@@ -231,7 +232,7 @@ class JobAdmin(OperatorAdmin):
 
     # --- actions ------------------------------------------------------------------------------
 
-    @admin.action(
+    @action(
         permissions=["change"],
         description="Run now (make delayed jobs due)",
         description_plural="Run selected jobs now (make delayed ones due)",
@@ -249,7 +250,7 @@ class JobAdmin(OperatorAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(
+    @action(
         permissions=["change"],
         description="Cancel",
         description_plural="Cancel selected jobs",
@@ -312,7 +313,7 @@ class JobAdmin(OperatorAdmin):
             )
         return self._back(request, gone=bool(report.cancelled))
 
-    @admin.action(
+    @action(
         permissions=["change"],
         description="Change priority",
         description_plural="Change priority of selected jobs",

@@ -25,6 +25,7 @@ from pg_queue.admin.base import (
     _pre,
     _search_by_id,
     _short,
+    action,
 )
 from pg_queue.models import DeadLetter, Job, JobState, TaskResult, Worker
 from pg_queue.ops import masking, operations, overview
@@ -118,7 +119,7 @@ class DeadLetterAdmin(OperatorAdmin):
     def payload_display(self, obj: DeadLetter) -> SafeString:
         return _pre(masking.pretty_json(obj.payload))
 
-    @admin.action(
+    @action(
         permissions=["change"],
         description="Requeue with fresh attempts",
         description_plural="Requeue selected dead letters with fresh attempts",
@@ -141,7 +142,7 @@ class DeadLetterAdmin(OperatorAdmin):
         )
         return self._back(request, gone=bool(requeued))
 
-    @admin.action(
+    @action(
         permissions=["delete"],
         description="Discard (delete for good)",
         description_plural="Discard selected dead letters (delete for good)",

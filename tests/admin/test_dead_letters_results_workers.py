@@ -7,6 +7,7 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from pg_queue.admin.base import ACTIONS_ON_CHANGE_FORM
 from pg_queue.models import DeadLetter, Job, TaskResult
 from tests.admin import factory
 
@@ -195,6 +196,9 @@ def test_workers_are_read_only(admin_client):
     assert admin_client.get(f"{WORKERS}w/change/").status_code == 200
 
 
+@pytest.mark.skipif(
+    not ACTIONS_ON_CHANGE_FORM, reason="Django < 6.1 runs admin actions from the list only"
+)
 def test_requeue_from_the_detail_page_returns_to_the_list(admin_client):
     letter = factory.dead_letter()
     page = f"{LETTERS}{letter.pk}/change/"

@@ -214,7 +214,12 @@ def test_the_image_has_what_every_command_runs(compose: Compose) -> None:
     gunicorn = [d for d in pyproject["project"]["optional-dependencies"]["dev"] if "gunicorn" in d]
     assert len(gunicorn) == 1
     assert f'"{gunicorn[0]}"' in dockerfile, f"docker/Dockerfile must pip install {gunicorn[0]}"
-    assert any(d.startswith("celery") for d in pyproject["project"]["dependencies"])
+    extras = pyproject["project"]["optional-dependencies"]
+    assert any(d.startswith("celery") for d in extras["celery"])  # the celery role needs it
+    assert 'pip install ".[all,binary]"' in dockerfile, "the image needs every extra"
+    environ = [d for d in extras["dev"] if d.startswith("django-environ")]
+    assert len(environ) == 1
+    assert f'"{environ[0]}"' in dockerfile, "the example settings need django-environ"
     for folder in ("pg_queue", "backend", "workers"):
         assert re.search(rf"^COPY {folder} \./{folder}$", dockerfile, re.M), folder
     for name, service in compose.active().items():
