@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import close_old_connections, connections
 
@@ -24,7 +24,9 @@ from pg_queue.core.exceptions import PayloadError, WaitInTransactionError
 from pg_queue.core.payload import loads
 from pg_queue.core.status import JobStatus
 from pg_queue.db import sql_ops
-from pg_queue.db.notify import Listener
+
+if TYPE_CHECKING:  # the listener (and psycopg) load only when a wait needs them
+    from pg_queue.db.notify import Listener
 
 logger = logging.getLogger("pg_queue.results")
 
@@ -309,6 +311,7 @@ class _ResultWaiters:
             if time.monotonic() < self._retry_at:
                 return False
             from pg_queue.db.connection import worker_connection
+            from pg_queue.db.notify import Listener
 
             listener = Listener(
                 RESULT_CHANNEL,

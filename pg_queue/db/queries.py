@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import psycopg
 
 from pg_queue.core.conf import RESULT_CHANNEL
 from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, RetryLater, Success
 from pg_queue.db import sql
+
+if TYPE_CHECKING:  # psycopg is imported by whoever opens the connection
+    import psycopg
 
 
 def job_claim(

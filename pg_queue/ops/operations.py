@@ -23,12 +23,12 @@ from typing import Any, NamedTuple
 from django.db import DatabaseError, connections, transaction
 
 from pg_queue.core.conf import RESULT_CHANNEL, queue_settings
+from pg_queue.core.continuations import error_spec, lenient_on_error
 from pg_queue.db import sql_ops
 from pg_queue.ops.dead_letters import requeue_dead_letters
 
 # Re-exported: the admin, the commands and the tests use them through this module.
 from pg_queue.producer import enqueue_many
-from pg_queue.worker.continuations import error_spec, lenient_on_error
 
 logger = logging.getLogger("pg_queue.ops.operations")
 

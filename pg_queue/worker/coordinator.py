@@ -23,13 +23,13 @@ import psycopg
 
 from pg_queue import metrics
 from pg_queue.core.conf import QueueSettings
+from pg_queue.core.continuations import lenient_on_error
 from pg_queue.core.exceptions import PayloadError, TaskNotFound
 from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, storable_text
 from pg_queue.core.payload import TaskPayload, loads
 from pg_queue.db import queries
 from pg_queue.models import DeadLetterReason
 from pg_queue.registry import resolve
-from pg_queue.worker.continuations import lenient_on_error
 from pg_queue.worker.execution import CANCELLED_BEFORE_START, JobRun, time_limit_of
 from pg_queue.worker.finisher import Finisher
 from pg_queue.worker.inflight import InFlight

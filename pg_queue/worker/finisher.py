@@ -33,11 +33,12 @@ import psycopg
 
 from pg_queue import metrics
 from pg_queue.core.conf import QueueSettings
+from pg_queue.core.continuations import error_spec, success_spec
 from pg_queue.core.options import JobSpec
 from pg_queue.core.outcomes import Bury, Cancelled, Outcome, RetryLater, Success, storable_text
 from pg_queue.db import queries
 from pg_queue.models import DeadLetterReason
-from pg_queue.worker.continuations import enqueue_continuations, error_spec, success_spec
+from pg_queue.worker.continuations import enqueue_continuations
 from pg_queue.worker.events import Events
 from pg_queue.worker.finish_log import FinishLog
 from pg_queue.worker.inflight import InFlight

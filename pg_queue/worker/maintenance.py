@@ -26,11 +26,12 @@ import psycopg
 
 from pg_queue import metrics
 from pg_queue.core.conf import QueueSettings
+from pg_queue.core.continuations import error_spec, lenient_on_error
 from pg_queue.core.options import JobSpec
 from pg_queue.db import queries, sql
 from pg_queue.models import DeadLetterReason
 from pg_queue.signals import job_failed
-from pg_queue.worker.continuations import enqueue_continuations, error_spec, lenient_on_error
+from pg_queue.worker.continuations import enqueue_continuations
 from pg_queue.worker.events import Events
 from pg_queue.worker.service import Service
 from pg_queue.worker.stats import WorkerStats

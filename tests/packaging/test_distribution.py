@@ -539,13 +539,6 @@ def test_without_extras_each_feature_names_the_extra_to_install(sites: Any):
     assert worker.returncode == 0, log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="admin autodiscover still imports psycopg: pg_queue/db/{connection,notify,queries}.py "
-    "import it at module level, and pg_queue/ops/operations.py imports pg_queue.worker (whose "
-    "modules do too); with those imports made lazy, check reports pg_queue.E018 instead",
-)
 def test_a_psycopg2_project_is_told_by_check_to_install_psycopg_3(
     tmp_path: Path, wheel: Path, databases: list[str]
 ):
