@@ -55,7 +55,7 @@ from pg_queue.management.commands._cli import require_rich
 from pg_queue.producer import enqueue_many, job
 
 #: Module whose tasks the demo enqueues; the worker imports it with ``--include``.
-DEFAULT_TASKS_MODULE = "workers.demo_tasks"
+DEFAULT_TASKS_MODULE = "pg_queue.demo.tasks"
 #: The queue the demo tasks use; the only queue whose rows the demo clears and counts.
 DEMO_QUEUE = "demo"
 DEFAULT_JOBS = 3000
