@@ -41,7 +41,7 @@ _REPO_DIRS = ("pg_queue", "backend", "workers", "tests", "scripts", "docker", "d
 _PATH = re.compile(rf"(?<![\w/.-])((?:{'|'.join(_REPO_DIRS)})/[\w./-]*\w/?)")
 #: A dotted name under pg_queue, as docs write them in backticks or prose.
 _DOTTED = re.compile(r"(?<![\w./-])(pg_queue(?:\.\w+)+)")
-_CHECK_ID = re.compile(r"^pg_queue\.[EW]\d{3}$")
+_CHECK_ID = re.compile(r"^pg_queue\.[EWI]\d{3}$")
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 
