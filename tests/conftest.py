@@ -1,5 +1,11 @@
 """Shared fixtures: which database, worker subprocesses pointed at the test database.
 
+The suite comes in tiers, one folder each (and a marker of the same name, set here):
+``unit`` (pure code), ``integration`` (in-process, real PostgreSQL), ``acceptance`` (real
+``run_pg_worker``, Celery and service processes, through ``tests/harness.py``),
+``migrations``, ``bench`` (smoke of ``pg_queue_bench``) and ``packaging`` (the wheel in fresh
+virtualenvs).
+
 Every test that touches the database uses a real PostgreSQL (see backend/database.py for how
 it is chosen). Tests whose rows must be seen by another connection (a ``worker_connection()``
 or a worker subprocess) use ``@pytest.mark.django_db(transaction=True)`` so the rows commit.
@@ -8,8 +14,6 @@ or a worker subprocess) use ``@pytest.mark.django_db(transaction=True)`` so the 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,8 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import Process, Workers
+
 #: Longest any worker subprocess may run before the test fails (every wait has a timeout).
 WORKER_TIMEOUT = 120.0
 
@@ -30,6 +35,17 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+TIERS = ("unit", "integration", "acceptance", "migrations", "bench", "packaging")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, from the folder it lives in."""
+    for item in items:
+        parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -104,89 +120,39 @@ def worker_env(django_db_setup: None) -> dict[str, str]:
     return env
 
 
-def worker_command(*flags: str, burst: bool = True) -> list[str]:
-    return [
-        sys.executable,
-        "manage.py",
-        "run_pg_worker",
-        *(["--burst"] if burst else []),
-        *flags,
-    ]
+@pytest.fixture
+def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
+    """``run_pg_worker`` processes for one test (``tests/harness.py``), stopped at teardown.
 
-
-def run_manage_worker(
-    env: Mapping[str, str], *flags: str, burst: bool = True, timeout: float = WORKER_TIMEOUT
-) -> tuple[int, str]:
-    """Run ``manage.py run_pg_worker [--burst] *flags`` to completion; (returncode, output)."""
-    proc = subprocess.run(
-        worker_command(*flags, burst=burst),
-        cwd=REPO_ROOT,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return proc.returncode, proc.stdout
+    The delivery tests override it with short leases and their recording tasks.
+    """
+    started = Workers(worker_env, tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
 
 
 @pytest.fixture
-def run_worker(worker_env: dict[str, str]) -> RunWorker:
-    """``run_worker(*flags, burst=True, timeout=...) -> (returncode, output)``."""
+def run_worker(workers: Workers) -> RunWorker:
+    """``run_worker(*flags, burst=True, timeout=...) -> (returncode, output)`` of a worker run
+    to its end."""
 
     def run(*flags: str, burst: bool = True, timeout: float = WORKER_TIMEOUT) -> tuple[int, str]:
-        return run_manage_worker(worker_env, *flags, burst=burst, timeout=timeout)
+        return workers.run(*flags, burst=burst, timeout=timeout)
 
     return run
 
 
-class BackgroundWorker:
-    """A worker subprocess running while the test does something else."""
-
-    def __init__(self, env: Mapping[str, str], flags: tuple[str, ...]) -> None:
-        self.proc = subprocess.Popen(
-            worker_command(*flags),
-            cwd=REPO_ROOT,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def finish(self, timeout: float = WORKER_TIMEOUT) -> tuple[int, str]:
-        """Wait for the (burst) worker to exit by itself; (returncode, output)."""
-        output, _ = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, output
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.communicate(timeout=15)
-
-
 @pytest.fixture
-def background_worker(worker_env: dict[str, str]) -> Iterator[Callable[..., BackgroundWorker]]:
-    """``background_worker(*flags)`` starts ``run_pg_worker --burst *flags``.
+def background_worker(workers: Workers) -> Callable[..., Process]:
+    """``background_worker(*flags)`` starts ``run_pg_worker --burst *flags`` and returns it
+    (``.finish()`` waits for its exit: ``(returncode, output)``)."""
 
-    Whatever is still running at teardown is stopped (SIGTERM, then SIGKILL).
-    """
-    started: list[BackgroundWorker] = []
+    def start(*flags: str) -> Process:
+        return workers.start(*flags, burst=True)
 
-    def start(*flags: str) -> BackgroundWorker:
-        worker = BackgroundWorker(worker_env, flags)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+    return start
 
 
 @pytest.fixture(autouse=True)

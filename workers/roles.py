@@ -1,12 +1,13 @@
 """Worker roles of the example deployment: which queues each kind of worker drains, and how.
 
-A role is one kind of ``run_pg_worker`` process: its queues (with claim weights), its threads and
-processes, its default time limit, how long running jobs get after SIGTERM, and the port of its
-``/healthz``. Each role is one service of ``docker/docker-compose.yml`` named ``worker-<name>``,
-whose ``command`` is exactly ``role.command()``; ``tests/deployment`` checks the two against
-each other (the compose file stays hand-written and readable; the test says what to change when
-they disagree). The Celery worker of the same deployment consumes ``celery_queues()``, the
-union of every role's queues, so the ``pg_queue_enabled`` flag can send any call either way.
+A role is one kind of ``run_pg_worker`` process: its queues (with claim weights), its threads
+and processes, its default time limit, how long running jobs get after SIGTERM, and the port of
+its ``/healthz``. Each role is one service of ``docker/docker-compose.yml`` named
+``worker-<name>``, whose ``command`` is exactly ``role.command()``;
+``tests/acceptance/deployment`` checks the two against each other (the compose file stays hand-
+written and readable; the test says what to change when they disagree). The Celery worker of the
+same deployment consumes ``celery_queues()``, the union of every role's queues, so the
+``pg_queue_enabled`` flag can send any call either way.
 
 Roles of the example backend:
 

@@ -33,7 +33,7 @@ from django.conf import settings
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # the repository root
 #: Everything a bare ``pip install pg-queue`` may bring: the app, its three requirements and
 #: theirs (typing-extensions: psycopg on Python < 3.13; tzdata: psycopg and Django on Windows).
 RUNTIME = {"pg-queue", "django", "asgiref", "sqlparse", "psycopg", "orjson", "typing-extensions"}

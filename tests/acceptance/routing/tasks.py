@@ -1,0 +1,50 @@
+"""Celery tasks the routing tests run on both workers (loaded with ``--include`` / ``-I``).
+
+Attempts are recorded in the side table ``routing_attempt`` (created by the ``attempts``
+fixture) with the database clock, so a test can check the delay between two attempts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from django.db import connection
+
+
+def record_attempt(key: str, retries: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO routing_attempt (key, retries, at) VALUES (%s, %s, clock_timestamp())",
+            [key, retries],
+        )
+
+
+@shared_task(name="tests.acceptance.routing.tasks.boom")
+def boom(text: str) -> None:
+    """Fails with ``text`` in the error (the real text must reach the caller)."""
+    raise RuntimeError(text)
+
+
+@shared_task(bind=True, name="tests.acceptance.routing.tasks.retry_then_succeed", max_retries=5)
+def retry_then_succeed(self: Any, key: str, fail_times: int, countdown: float) -> dict[str, Any]:
+    """Asks for a retry ``fail_times`` times with ``countdown`` seconds, then succeeds."""
+    record_attempt(key, self.request.retries)
+    if self.request.retries < fail_times:
+        raise self.retry(countdown=countdown, max_retries=fail_times + 1)
+    return {"attempts": self.request.retries + 1}
+
+
+@shared_task(bind=True, name="tests.acceptance.routing.tasks.retry_forever", max_retries=5)
+def retry_forever(self: Any, key: str, countdown: float, max_retries: int) -> None:
+    """Always asks for a retry; Celery raises MaxRetriesExceededError after ``max_retries``."""
+    record_attempt(key, self.request.retries)
+    raise self.retry(countdown=countdown, max_retries=max_retries)
+
+
+@shared_task(bind=True, name="tests.acceptance.routing.tasks.retry_past_task_limit", max_retries=1)
+def retry_past_task_limit(self: Any, fail_times: int) -> dict[str, Any]:
+    """Task-level max_retries=1, but each call raises the limit: Celery honours the call's."""
+    if self.request.retries < fail_times:
+        raise self.retry(countdown=0.2, max_retries=fail_times + 1)
+    return {"attempts": self.request.retries + 1}
