@@ -87,7 +87,7 @@ class Job(models.Model):
             # Serves the re-arm sweep and per-worker views: claimed rows only (as many as jobs
             # in flight), whose vt the sweep reads from the heap. vt itself is in no index, so a
             # lease renewal (which changes vt alone) is a HOT update: no index entry is written
-            # and the new row version stays on its page (tests/test_claim.py checks it).
+            # and the new row version stays on its page (tests/integration/test_claim.py checks it).
             models.Index(
                 fields=["worker_id"],
                 name="pg_queue_msg_claimed_idx",
