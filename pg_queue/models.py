@@ -74,6 +74,9 @@ class Job(models.Model):
         help_text="an operator asked to cancel this running job; the worker stops it at the "
         "next safe point (before it starts, when the task checks, or when it returns)",
     )
+    # A child of a group or a step of a chain (JobGroup), and its place in it.
+    group_id = models.UUIDField(null=True, blank=True)
+    group_index = models.IntegerField(null=True, blank=True)
 
     class Meta:
         db_table = "pg_queue_message"
@@ -124,11 +127,19 @@ class TaskResult(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(db_default=Now())
     expires_at = models.DateTimeField()
+    group_id = models.UUIDField(null=True, blank=True)
+    group_index = models.IntegerField(null=True, blank=True)
 
     class Meta:
         db_table = "pg_task_result"
         indexes = [
             models.Index(fields=["expires_at"], name="pg_task_result_expires_idx"),
+            # A group's results in job order, read once when the group completes.
+            models.Index(
+                fields=["group_id", "group_index"],
+                name="pg_task_result_group_idx",
+                condition=models.Q(group_id__isnull=False),
+            ),
             # The admin overview's "finished in the last 5/60 minutes" and newest-first lists.
             models.Index(fields=["finished_at"], name="pg_task_result_finished_idx"),
         ]
@@ -154,6 +165,9 @@ class DeadLetter(models.Model):
     tenant_key = models.CharField(max_length=200, blank=True, default="")
     enqueued_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(db_default=Now())
+    group_id = models.UUIDField(null=True, blank=True)
+    group_index = models.IntegerField(null=True, blank=True)
+    resource_key = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
 
     class Meta:
         db_table = "pg_queue_dead_letter"
@@ -182,6 +196,83 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.worker_id
+
+
+class GroupKind(models.TextChoices):
+    GROUP = "group", "group"
+    CHAIN = "chain", "chain"
+
+
+class GroupStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+
+
+class JobGroup(models.Model):
+    """A fan-out/fan-in group or a chain: how far its jobs got, and what fires at the end.
+
+    Children carry ``group_id``; their results stay in ``pg_task_result``. Progress and the end
+    are one conditional UPDATE in the transaction of each child's finish, so a callback fires
+    exactly once however many workers race.
+    """
+
+    group_id = models.UUIDField(primary_key=True)
+    kind = models.CharField(max_length=8, choices=GroupKind.choices)
+    total = models.IntegerField(help_text="children of a group, steps of a chain")
+    finished = models.IntegerField(default=0, db_default=0)
+    failed = models.IntegerField(default=0, db_default=0)
+    status = models.CharField(
+        max_length=16,
+        choices=GroupStatus.choices,
+        default=GroupStatus.RUNNING,
+        db_default=GroupStatus.RUNNING,
+    )
+    on_success = models.JSONField(null=True, blank=True, help_text="continuation spec")
+    on_error = models.JSONField(null=True, blank=True, help_text="continuation spec")
+    # A chain's steps (task name, args, kwargs, queue, task id...), enqueued one by one.
+    steps = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "pg_queue_group"
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="pg_queue_group_running_idx",
+                condition=models.Q(status="running"),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.group_id} {self.status} {self.finished}/{self.total}"
+
+
+class ResourceLock(models.Model):
+    """An exclusive lock on a named resource (``rag:/data/a``): the row is the mutex.
+
+    Held by a job (``holder_kind`` ``worker``: inserted with its claim, deleted with its
+    finish or when its expired lease is re-armed) or by code running elsewhere (``cli``,
+    ``web``, ``admin``...: ``resource_lock()``, renewed while it runs, expired after ``ttl``).
+    """
+
+    resource_key = models.CharField(max_length=300, primary_key=True)
+    holder_id = models.CharField(max_length=200)
+    holder_kind = models.CharField(max_length=32)
+    task_id = models.UUIDField(null=True, blank=True, help_text="the job holding it, if any")
+    acquired_at = models.DateTimeField(db_default=Now())
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="none for a job's lock: it lives as long as the job"
+    )
+    holder_meta = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "pg_resource_lock"
+        indexes = [models.Index(fields=["task_id"], name="pg_resource_lock_task_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.resource_key} held by {self.holder_kind} {self.holder_id}"
 
 
 class Transport(models.TextChoices):

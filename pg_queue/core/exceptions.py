@@ -57,3 +57,21 @@ class Reject(PgQueueError):
     def __init__(self, cause: BaseException | str) -> None:
         self.cause = cause
         super().__init__(str(cause))
+
+
+class ResourceLocked(PgQueueError):
+    """``resource_lock(key, wait=...)`` gave up: someone else holds ``key``.
+
+    ``holder_kind`` (``worker``, ``cli``, ``web``...), ``holder_id`` and ``since`` name the
+    current holder (empty when it let go between the try and the look).
+    """
+
+    def __init__(
+        self, key: str, holder_kind: str = "", holder_id: str = "", since: object = None
+    ) -> None:
+        self.key = key
+        self.holder_kind = holder_kind
+        self.holder_id = holder_id
+        self.since = since
+        held = f"held by {holder_kind} {holder_id} since {since}" if holder_id else "held"
+        super().__init__(f"resource {key!r} is {held}")

@@ -37,6 +37,8 @@ class ClaimedJob:
     available_at: dt.datetime  # when it became due (enqueue time unless delayed or retried)
     claimed_at: dt.datetime  # database clock at claim
     cancel_requested: bool = False  # an operator cancelled it before this claim
+    group_id: uuid.UUID | None = None  # a child of a group or a step of a chain
+    group_index: int | None = None  # its place there
 
 
 @dataclass(frozen=True, slots=True)

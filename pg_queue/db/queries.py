@@ -195,12 +195,12 @@ def job_rearm(conn: psycopg.Connection[Any], *, limit: int) -> int:
 
 def job_rearm_exhausted(
     conn: psycopg.Connection[Any], *, limit: int, ttl: float, notify: bool = False
-) -> list[tuple[uuid.UUID, str, str, str, str]]:
+) -> list[tuple[uuid.UUID, str, str, str, str, uuid.UUID | None, int | None]]:
     """Dead-letter expired claims on their last attempt; waiters on them are woken.
 
-    Returns (task_id, task_name, queue_name, payload as JSON text, error) per row, so the caller
-    can fire ``on_error`` continuations in the same transaction, decoding each payload inside
-    its own guard.
+    Returns (task_id, task_name, queue_name, payload as JSON text, error, group_id, group_index)
+    per row, so the caller can fire ``on_error`` continuations and count the job into its group
+    in the same transaction, decoding each payload inside its own guard.
     """
     return conn.execute(
         sql.JOB_REARM_EXHAUSTED,

@@ -41,17 +41,18 @@ COPY pg_queue_message (
 JOB_INSERT_MANY = """
 INSERT INTO pg_queue_message (
     task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
-    max_attempts, tenant_key, resource_key
+    max_attempts, tenant_key, resource_key, group_id, group_index
 )
 SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority, now(),
        COALESCE(t.eta, now() + make_interval(secs => t.delay)), t.max_attempts,
-       t.tenant_key, t.resource_key
+       t.tenant_key, t.resource_key, t.group_id, t.group_index
 FROM unnest(
     %(task_ids)s::uuid[], %(queues)s::text[], %(task_names)s::text[], %(payloads)s::text[],
     %(priorities)s::smallint[], %(delays)s::float8[], %(etas)s::timestamptz[],
-    %(max_attempts)s::int[], %(tenant_keys)s::text[], %(resource_keys)s::text[]
+    %(max_attempts)s::int[], %(tenant_keys)s::text[], %(resource_keys)s::text[],
+    %(group_ids)s::uuid[], %(group_indexes)s::int[]
 ) AS t(task_id, queue_name, task_name, payload, priority, delay, eta, max_attempts,
-       tenant_key, resource_key)
+       tenant_key, resource_key, group_id, group_index)
 """
 
 #: Which of the task ids a caller gave are taken, and by what (enqueue refuses to reuse them).
@@ -70,13 +71,46 @@ NOTIFY = "SELECT pg_notify(%(channel)s, %(queue)s)"
 #: Lock up to ``limit`` due rows of one queue in claim order, skipping rows other claimers hold,
 #: then mark them ours in the same statement. The CTE-join form claims exactly the rows the CTE
 #: locked (the ``WHERE id IN (SELECT ... LIMIT n)`` form may re-run the subquery and over-claim).
+#:
+#: Resource locks: a row whose ``resource_key`` is held is not a candidate at all, so a held
+#: key never blocks the keyless and other-key rows behind it. Of the candidates sharing a free
+#: key only the first in claim order is taken, and its lock row is inserted by the same
+#: statement; a lock another claim inserted first (the primary key serializes them) makes that
+#: one row "not now", never an error and never an attempt. An expired lock of a non-worker
+#: holder is taken over; a job's own lock (``expires_at`` NULL) lives as long as the claim.
 JOB_CLAIM = """
 WITH picked AS (
-    SELECT msg_id FROM pg_queue_message
-    WHERE state = 'ready' AND queue_name = %(queue)s AND available_at <= now()
-    ORDER BY priority DESC, available_at, msg_id
+    SELECT m.msg_id, m.task_id, m.resource_key, m.priority, m.available_at
+    FROM pg_queue_message AS m
+    WHERE m.state = 'ready' AND m.queue_name = %(queue)s AND m.available_at <= now()
+      AND (m.resource_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM pg_resource_lock AS l
+          WHERE l.resource_key = m.resource_key
+            AND (l.expires_at IS NULL OR l.expires_at > now())
+      ))
+    ORDER BY m.priority DESC, m.available_at, m.msg_id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF m SKIP LOCKED
+), first_of_key AS (
+    SELECT DISTINCT ON (resource_key) msg_id, task_id, resource_key FROM picked
+    WHERE resource_key IS NOT NULL
+    ORDER BY resource_key, priority DESC, available_at, msg_id
+), locked AS (
+    INSERT INTO pg_resource_lock AS l (
+        resource_key, holder_id, holder_kind, task_id, acquired_at, expires_at, holder_meta
+    )
+    SELECT resource_key, %(worker_id)s, 'worker', task_id, now(), NULL, '{}'::jsonb
+    FROM first_of_key
+    ON CONFLICT (resource_key) DO UPDATE
+    SET holder_id = EXCLUDED.holder_id, holder_kind = EXCLUDED.holder_kind,
+        task_id = EXCLUDED.task_id, acquired_at = now(), expires_at = NULL,
+        holder_meta = EXCLUDED.holder_meta
+    WHERE l.expires_at IS NOT NULL AND l.expires_at <= now()
+    RETURNING l.task_id
+), chosen AS (
+    SELECT msg_id FROM picked WHERE resource_key IS NULL
+    UNION ALL
+    SELECT f.msg_id FROM first_of_key AS f JOIN locked ON locked.task_id = f.task_id
 )
 UPDATE pg_queue_message AS m
 SET state = 'claimed',
@@ -84,11 +118,11 @@ SET state = 'claimed',
     vt = now() + make_interval(secs => %(lease)s),
     attempts = m.attempts + 1,
     worker_id = %(worker_id)s
-FROM picked
-WHERE m.msg_id = picked.msg_id
+FROM chosen
+WHERE m.msg_id = chosen.msg_id
 RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text, m.attempts,
           m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now(),
-          m.cancel_requested
+          m.cancel_requested, m.group_id, m.group_index
 """
 
 #: Does a --burst worker still have anything to wait for: a row due within the lookahead, or a
@@ -112,12 +146,22 @@ SELECT EXISTS (
 
 # --- finish ----------------------------------------------------------------------------------
 
+#: The ``unlocked`` step of every statement that ends a claim (ack, retry, bury, cancel,
+#: release, re-arm) from a CTE named ``done``: the job's resource lock goes in the same
+#: transaction. Keyless rows are filtered out before the primary-key lookup.
+_UNLOCK_DONE = """
+    DELETE FROM pg_resource_lock AS l USING done AS d
+    WHERE d.resource_key IS NOT NULL AND l.resource_key = d.resource_key
+      AND l.task_id = d.task_id
+"""
+
 #: Ack a batch of successes: delete the rows we still own and store outcomes for those whose
 #: task keeps results, all in one statement (so one transaction). First write wins on results.
 #: Returns the msg_ids actually acked; a missing id means the lease was lost (no-op for us).
 #: The batch travels as one JSON document ([{i: msg_id, t: token, s: started epoch, k: keep?,
 #: r: result}, ...]): one parameter to send instead of five arrays dumped element by element.
-JOB_ACK = """
+JOB_ACK = (
+    """
 WITH a AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
         AS a(i bigint, t uuid, s double precision, k boolean, r jsonb)
@@ -126,15 +170,17 @@ WITH a AS (
     USING a
     WHERE m.msg_id = a.i AND m.lease_token = a.t AND m.state = 'claimed'
     RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.attempts, m.enqueued_at,
-              a.k, a.r, a.s
-), stored AS (
+              m.resource_key, m.group_id, m.group_index, a.k, a.r, a.s
+), unlocked AS ("""
+    + _UNLOCK_DONE
+    + """), stored AS (
     INSERT INTO pg_task_result (
         task_id, status, result, error, traceback, task_name, queue_name, attempts,
-        enqueued_at, started_at, finished_at, expires_at
+        enqueued_at, started_at, finished_at, expires_at, group_id, group_index
     )
     SELECT d.task_id, 'succeeded', d.r, '', '', d.task_name, d.queue_name,
            d.attempts, d.enqueued_at, to_timestamp(d.s), now(),
-           now() + make_interval(secs => %(ttl)s)
+           now() + make_interval(secs => %(ttl)s), d.group_id, d.group_index
     FROM done AS d
     WHERE d.k
     ON CONFLICT (task_id) DO NOTHING
@@ -156,9 +202,12 @@ WITH a AS (
 )
 SELECT msg_id FROM done, woken
 """
+)
 
 #: Put failed-but-retryable jobs back, due after their backoff. Gated on the lease.
-JOB_RETRY = """
+JOB_RETRY = (
+    """
+WITH done AS (
 UPDATE pg_queue_message AS m
 SET state = 'ready',
     available_at = now() + make_interval(secs => a.delay),
@@ -171,8 +220,13 @@ FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[], %(delays)s::float8[], %(e
             %(min_max)s::int[])
      AS a(msg_id, lease_token, delay, error, min_max)
 WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
-RETURNING m.msg_id
+RETURNING m.msg_id, m.task_id, m.resource_key
+), unlocked AS ("""
+    + _UNLOCK_DONE
+    + """)
+SELECT msg_id FROM done
 """
+)
 
 #: The ``woken`` step of every statement that writes failed or cancelled outcomes from a CTE
 #: named ``outcomes`` (RETURNING task_id): one NOTIFY per statement on the result channel,
@@ -194,7 +248,11 @@ WITH gone AS (
     USING unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
     WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
     RETURNING m.*
-), why AS (
+), done AS (
+    SELECT * FROM gone
+), unlocked AS ("""
+    + _UNLOCK_DONE
+    + """), why AS (
     SELECT * FROM unnest(
         %(msg_ids)s::bigint[], %(reasons)s::text[], %(errors)s::text[], %(tracebacks)s::text[],
         %(started)s::timestamptz[]
@@ -202,19 +260,21 @@ WITH gone AS (
 ), letters AS (
     INSERT INTO pg_queue_dead_letter (
         task_id, queue_name, task_name, payload, reason, last_error, traceback, attempts,
-        max_attempts, priority, tenant_key, enqueued_at, failed_at
+        max_attempts, priority, tenant_key, enqueued_at, failed_at, group_id, group_index,
+        resource_key
     )
     SELECT g.task_id, g.queue_name, g.task_name, g.payload, e.reason, e.error, e.traceback,
-           g.attempts, g.max_attempts, g.priority, g.tenant_key, g.enqueued_at, now()
+           g.attempts, g.max_attempts, g.priority, g.tenant_key, g.enqueued_at, now(),
+           g.group_id, g.group_index, g.resource_key
     FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
 ), outcomes AS (
     INSERT INTO pg_task_result (
         task_id, status, result, error, traceback, task_name, queue_name, attempts,
-        enqueued_at, started_at, finished_at, expires_at
+        enqueued_at, started_at, finished_at, expires_at, group_id, group_index
     )
     SELECT g.task_id, 'failed', NULL, e.error, e.traceback, g.task_name, g.queue_name,
            g.attempts, g.enqueued_at, e.started_at, now(),
-           now() + make_interval(secs => %(ttl)s)
+           now() + make_interval(secs => %(ttl)s), g.group_id, g.group_index
     FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
@@ -234,15 +294,20 @@ WITH gone AS (
     USING unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[]) AS a(msg_id, lease_token)
     WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
     RETURNING m.*
-), why AS (
+), done AS (
+    SELECT * FROM gone
+), unlocked AS ("""
+    + _UNLOCK_DONE
+    + """), why AS (
     SELECT * FROM unnest(%(msg_ids)s::bigint[], %(errors)s::text[]) AS e(msg_id, error)
 ), outcomes AS (
     INSERT INTO pg_task_result (
         task_id, status, result, error, traceback, task_name, queue_name, attempts,
-        enqueued_at, started_at, finished_at, expires_at
+        enqueued_at, started_at, finished_at, expires_at, group_id, group_index
     )
     SELECT g.task_id, 'cancelled', NULL, e.error, '', g.task_name, g.queue_name, g.attempts,
-           g.enqueued_at, NULL, now(), now() + make_interval(secs => %(ttl)s)
+           g.enqueued_at, NULL, now(), now() + make_interval(secs => %(ttl)s),
+           g.group_id, g.group_index
     FROM gone AS g JOIN why AS e ON e.msg_id = g.msg_id
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
@@ -283,33 +348,46 @@ FROM held AS a LEFT JOIN renewed AS r ON r.msg_id = a.msg_id
 
 #: Hand back jobs we claimed (graceful shutdown). Those that never started get their attempt
 #: back (``refund``); those that ran past the grace keep it: attempts count executions started.
-JOB_RELEASE = """
+JOB_RELEASE = (
+    """
+WITH done AS (
 UPDATE pg_queue_message AS m
 SET state = 'ready', lease_token = NULL, vt = NULL, worker_id = '',
     attempts = CASE WHEN a.refund THEN GREATEST(m.attempts - 1, 0) ELSE m.attempts END
 FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[], %(refund)s::boolean[])
      AS a(msg_id, lease_token, refund)
 WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
-RETURNING m.msg_id
+RETURNING m.msg_id, m.task_id, m.resource_key
+), unlocked AS ("""
+    + _UNLOCK_DONE
+    + """)
+SELECT msg_id FROM done
 """
+)
 
 #: Any worker may run this: expired claims with attempts left go back to ready. The state and
 #: vt are re-checked on the locked row, so a job acked a moment ago is never resurrected.
-JOB_REARM = """
+JOB_REARM = (
+    """
 WITH expired AS (
     SELECT msg_id FROM pg_queue_message
     WHERE state = 'claimed' AND vt < now() AND attempts < max_attempts
     ORDER BY vt
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-)
+), done AS (
 UPDATE pg_queue_message AS m
 SET state = 'ready', lease_token = NULL, vt = NULL, worker_id = '', available_at = now(),
     last_error = 'lease expired: worker ' || m.worker_id || ' stopped renewing'
 FROM expired
 WHERE m.msg_id = expired.msg_id AND m.state = 'claimed' AND m.vt < now()
-RETURNING m.msg_id, m.task_id, m.queue_name
+RETURNING m.msg_id, m.task_id, m.queue_name, m.resource_key
+), unlocked AS ("""
+    + _UNLOCK_DONE
+    + """)
+SELECT msg_id, task_id, queue_name FROM done
 """
+)
 
 #: Expired claims on their last attempt are dead-lettered (with a failed outcome) instead, and
 #: callers waiting on them are woken like for any other outcome. Payloads come back as text:
@@ -328,24 +406,30 @@ WITH expired AS (
     USING expired
     WHERE m.msg_id = expired.msg_id AND m.state = 'claimed' AND m.vt < now()
     RETURNING m.*
-), letters AS (
+), done AS (
+    SELECT * FROM gone
+), unlocked AS ("""
+    + _UNLOCK_DONE
+    + """), letters AS (
     INSERT INTO pg_queue_dead_letter (
         task_id, queue_name, task_name, payload, reason, last_error, traceback, attempts,
-        max_attempts, priority, tenant_key, enqueued_at, failed_at
+        max_attempts, priority, tenant_key, enqueued_at, failed_at, group_id, group_index,
+        resource_key
     )
     SELECT g.task_id, g.queue_name, g.task_name, g.payload, 'lease_expired',
            'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing',
-           '', g.attempts, g.max_attempts, g.priority, g.tenant_key, g.enqueued_at, now()
+           '', g.attempts, g.max_attempts, g.priority, g.tenant_key, g.enqueued_at, now(),
+           g.group_id, g.group_index, g.resource_key
     FROM gone AS g
 ), outcomes AS (
     INSERT INTO pg_task_result (
         task_id, status, result, error, traceback, task_name, queue_name, attempts,
-        enqueued_at, started_at, finished_at, expires_at
+        enqueued_at, started_at, finished_at, expires_at, group_id, group_index
     )
     SELECT g.task_id, 'failed', NULL,
            'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing',
            '', g.task_name, g.queue_name, g.attempts, g.enqueued_at, NULL, now(),
-           now() + make_interval(secs => %(ttl)s)
+           now() + make_interval(secs => %(ttl)s), g.group_id, g.group_index
     FROM gone AS g
     ON CONFLICT (task_id) DO NOTHING
     RETURNING task_id
@@ -353,7 +437,8 @@ WITH expired AS (
     + _WAKE_WAITERS
     + """)
 SELECT g.task_id, g.task_name, g.queue_name, g.payload::text,
-       'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing'
+       'lease expired on the last attempt: worker ' || g.worker_id || ' stopped renewing',
+       g.group_id, g.group_index
 FROM gone AS g, woken
 """
 )
@@ -420,12 +505,14 @@ WITH letters AS (
 ), requeued AS (
     INSERT INTO pg_queue_message (
         task_id, queue_name, task_name, payload, priority, max_attempts, tenant_key,
-        last_error
+        last_error, group_id, group_index, resource_key
     )
     SELECT l.task_id, l.queue_name, l.task_name, COALESCE(l.payload, '{}'::jsonb), l.priority,
-           GREATEST(l.max_attempts, 1), l.tenant_key, 'requeued from dead letter: ' || l.last_error
+           GREATEST(l.max_attempts, 1), l.tenant_key,
+           'requeued from dead letter: ' || l.last_error, l.group_id, l.group_index,
+           l.resource_key
     FROM letters AS l
-    RETURNING task_id
+    RETURNING task_id, group_id, group_index
 )
-SELECT task_id FROM requeued
+SELECT task_id, group_id, group_index FROM requeued
 """

@@ -39,14 +39,16 @@ WITH gone AS (
 ), outcomes AS (
     INSERT INTO pg_task_result (
         task_id, status, result, error, traceback, task_name, queue_name, attempts,
-        enqueued_at, started_at, finished_at, expires_at
+        enqueued_at, started_at, finished_at, expires_at, group_id, group_index
     )
     SELECT g.task_id, 'cancelled', NULL, %(error)s, '', g.task_name, g.queue_name, g.attempts,
-           g.enqueued_at, NULL, now(), now() + make_interval(secs => %(ttl)s)
+           g.enqueued_at, NULL, now(), now() + make_interval(secs => %(ttl)s),
+           g.group_id, g.group_index
     FROM gone AS g
     ON CONFLICT (task_id) DO NOTHING
 )
-SELECT msg_id, task_id, task_name, queue_name, state, payload FROM gone ORDER BY msg_id
+SELECT msg_id, task_id, task_name, queue_name, state, payload, group_id, group_index
+FROM gone ORDER BY msg_id
 """
 
 #: Running jobs: ask their worker to stop them at its next safe point.
@@ -84,12 +86,33 @@ JOB_PURGE_COUNT = """
 SELECT count(*) FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}
 """
 
-#: One chunk of a purge (each its own short transaction), in msg_id order.
+#: One chunk of a purge (each its own short transaction), in msg_id order. A purged job's lock
+#: goes with it; a purged member of a group or chain gets a 'cancelled' outcome, so its group
+#: counts it failed and can end (other jobs get none: a purge throws them away).
 JOB_PURGE_CHUNK = """
-DELETE FROM pg_queue_message WHERE msg_id IN (
-    SELECT msg_id FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}
-    ORDER BY msg_id LIMIT %(limit)s FOR UPDATE
+WITH done AS (
+    DELETE FROM pg_queue_message WHERE msg_id IN (
+        SELECT msg_id FROM pg_queue_message WHERE queue_name = %(queue)s AND {where}
+        ORDER BY msg_id LIMIT %(limit)s FOR UPDATE
+    )
+    RETURNING task_id, task_name, queue_name, attempts, enqueued_at, resource_key, group_id,
+              group_index
+), unlocked AS (
+    DELETE FROM pg_resource_lock AS l USING done AS d
+    WHERE d.resource_key IS NOT NULL AND l.resource_key = d.resource_key
+      AND l.task_id = d.task_id
+), member_outcomes AS (
+    INSERT INTO pg_task_result (
+        task_id, status, result, error, traceback, task_name, queue_name, attempts,
+        enqueued_at, started_at, finished_at, expires_at, group_id, group_index
+    )
+    SELECT d.task_id, 'cancelled', NULL, %(error)s, '', d.task_name, d.queue_name, d.attempts,
+           d.enqueued_at, NULL, now(), now() + make_interval(secs => %(ttl)s),
+           d.group_id, d.group_index
+    FROM done AS d WHERE d.group_id IS NOT NULL
+    ON CONFLICT (task_id) DO NOTHING
 )
+SELECT task_id, group_id, group_index FROM done
 """
 
 # --- the overview (pg_queue.ops.overview) ---------------------------------------------------

@@ -466,7 +466,7 @@ def test_worker_connections_plan_every_claim_for_the_current_table_size():
             queries.job_claim(conn, queue="default", limit=10, lease=30, worker_id="w")
         plans = conn.execute(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-            "WHERE statement LIKE '%FOR UPDATE SKIP LOCKED%' "
+            "WHERE statement LIKE '%FOR UPDATE OF m SKIP LOCKED%' "
             "AND statement NOT LIKE '%pg_prepared_statements%'"
         ).fetchall()
     assert plans == [(0, 8)]

@@ -17,7 +17,7 @@ def table_names() -> set[str]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
-            "AND (tablename LIKE 'pg\\_queue%%' OR tablename IN ('pg_task_result', 'pg_worker'))"
+            "AND (tablename LIKE 'pg\\_queue%%' OR tablename IN ('pg_task_result', 'pg_worker', 'pg_resource_lock'))"
         )
         return {row[0] for row in cursor.fetchall()}
 
@@ -37,6 +37,8 @@ def test_every_migration_unapplies_and_applies_again():
         "pg_queue_dead_letter",
         "pg_worker",
         "pg_queue_routing_pin",
+        "pg_queue_group",
+        "pg_resource_lock",
     }
     assert table_names() == tables
     try:
