@@ -3,6 +3,7 @@
 Public API (import from here)::
 
     from pg_queue import task, enqueue, enqueue_many, job, call, Retry, JobContext
+    from pg_queue import group, chain, resource_lock, ResourceLocked
 """
 
 from typing import TYPE_CHECKING, Any
@@ -38,21 +39,27 @@ __all__ = [
     "JobHandle",
     "JobOutcome",
     "JobSpec",
+    "ResourceLocked",
     "Retry",
     "call",
+    "chain",
     "enqueue",
     "enqueue_many",
+    "group",
     "job",
+    "resource_lock",
     "task",
 ]
 
 if TYPE_CHECKING:
     from pg_queue.core.context import JobContext
-    from pg_queue.core.exceptions import Retry
+    from pg_queue.core.exceptions import ResourceLocked, Retry
     from pg_queue.core.options import JobSpec
     from pg_queue.producer import call, enqueue, enqueue_many, job
     from pg_queue.results import JobHandle, JobOutcome
     from pg_queue.tasks import task
+    from pg_queue.workflows.groups import chain, group
+    from pg_queue.workflows.locks import resource_lock
 
 _LAZY = {
     "JobContext": "pg_queue.core.context",
@@ -65,6 +72,10 @@ _LAZY = {
     "task": "pg_queue.tasks",
     "JobHandle": "pg_queue.results",
     "JobOutcome": "pg_queue.results",
+    "ResourceLocked": "pg_queue.core.exceptions",
+    "group": "pg_queue.workflows.groups",
+    "chain": "pg_queue.workflows.groups",
+    "resource_lock": "pg_queue.workflows.locks",
 }
 
 

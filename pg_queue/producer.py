@@ -370,17 +370,22 @@ def _insert_many(cursor: Any, rows: list[JobRow]) -> None:
     cursor.execute(sql.JOB_INSERT_MANY, _bulk_params(rows))
 
 
-def bulk_params(specs: list[JobSpec]) -> dict[str, Any]:
+def bulk_params(
+    specs: list[JobSpec], groups: list[tuple[uuid.UUID, int]] | None = None
+) -> dict[str, Any]:
     """Validate ``specs`` and return parameters for ``sql.JOB_INSERT_MANY``.
 
     Used by the worker to enqueue continuations on its own connection, inside its ack
-    transaction; raises ``ValueError`` naming the problem like ``enqueue`` does.
+    transaction, and by groups and chains for their jobs (``groups``: each spec's group id and
+    index); raises ``ValueError`` naming the problem like ``enqueue`` does.
     """
     cache: dict[str | tuple[str, EnqueueOptions], Resolved] = {}
-    return _bulk_params([validate_spec(spec, cache) for spec in specs])
+    return _bulk_params([validate_spec(spec, cache) for spec in specs], groups)
 
 
-def _bulk_params(rows: list[JobRow]) -> dict[str, Any]:
+def _bulk_params(
+    rows: list[JobRow], groups: list[tuple[uuid.UUID, int]] | None = None
+) -> dict[str, Any]:
     return {
         "task_ids": [r.task_id for r in rows],
         "queues": [r.queue for r in rows],
@@ -392,4 +397,6 @@ def _bulk_params(rows: list[JobRow]) -> dict[str, Any]:
         "max_attempts": [r.max_attempts for r in rows],
         "tenant_keys": [r.tenant_key for r in rows],
         "resource_keys": [r.resource_key for r in rows],
+        "group_ids": [g[0] for g in groups] if groups else [None] * len(rows),
+        "group_indexes": [g[1] for g in groups] if groups else [None] * len(rows),
     }

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -154,11 +154,11 @@ class JobHandle:
             _waiters.unregister(key, woken)
 
 
-def refuse_wait_in_atomic(task_id: uuid.UUID, using: str) -> None:
+def refuse_wait_in_atomic(task_id: uuid.UUID | str, using: str) -> None:
     """Raise ``WaitInTransactionError`` if a wait for ``task_id`` could only time out."""
     if connections[using].in_atomic_block:
         raise WaitInTransactionError(
-            f"waiting for task {task_id} inside transaction.atomic(): the job is not "
+            f"waiting for {task_id} inside transaction.atomic(): the job is not "
             "visible to workers until this transaction commits, so the wait could only time "
             "out. Wait after the block (e.g. transaction.on_commit) instead."
         )
@@ -233,6 +233,38 @@ def _wait(
         error=f"no result within {timeout}s (task {state})",
         attempts=0 if last is None else last.attempts,
     )
+
+
+def wait_until[T](key: str, check: Callable[[], T | None], timeout: float, using: str) -> T | None:
+    """Call ``check`` until it returns something, woken by NOTIFYs naming ``key`` on the result
+    channel (groups and chains use their id), polling at least every ``WAIT_POLL_LISTENING``;
+    None once ``timeout`` passed. Refuses inside ``atomic()`` like ``JobHandle.wait``."""
+    refuse_wait_in_atomic(key, using)
+    woken = _waiters.register(key, using)
+    deadline = time.monotonic() + max(0.0, timeout)
+    sleep = WAIT_POLL_MIN
+    try:
+        while True:
+            found = check()
+            if found is not None:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if woken is not None:
+                step = min(WAIT_POLL_LISTENING, remaining)
+                if step >= HOLD_CONNECTION_WAIT:
+                    close_old_connections()
+                woken.wait(step)
+                woken.clear()
+            else:
+                step = min(sleep, remaining)
+                if step >= HOLD_CONNECTION_WAIT:
+                    close_old_connections()
+                time.sleep(step)
+                sleep = min(sleep * 2, WAIT_POLL_MAX)
+    finally:
+        _waiters.unregister(key, woken)
 
 
 _UNKNOWN_TEXT = (

@@ -27,6 +27,9 @@ from pg_queue.producer import enqueue_job
 from pg_queue.registry import register_task
 from pg_queue.results import JobHandle
 
+#: ``@task(resource_key=fn)``: called with a call's own arguments, returns its key or None.
+type ResourceKeyFn = Callable[..., str | None]
+
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
@@ -41,6 +44,8 @@ class Task:
     takes_context: bool = False
     time_limit: float = 0.0
     retry_backoff: float | BackoffFn | None = None
+    #: A fixed key, or a function of the call's arguments returning one (or None: no key).
+    resource_key: str | ResourceKeyFn | None = None
     options: EnqueueOptions = dataclasses.field(default_factory=EnqueueOptions)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -80,8 +85,34 @@ class Task:
         return dataclasses.replace(self, options=dataclasses.replace(self.options, **changes))
 
     def job(self, *args: Any, **kwargs: Any) -> JobSpec:
-        """A job description for ``enqueue_many`` (no database access)."""
-        return JobSpec(task_name=self.name, args=list(args), kwargs=kwargs, options=self.options)
+        """A job description for ``enqueue_many`` (no database access).
+
+        The task's ``resource_key`` applies unless ``.using(resource_key=...)`` set one; a
+        callable gets this call's arguments.
+        """
+        options = self.options
+        if self.resource_key is not None and options.resource_key is None:
+            key = self._key(args, kwargs)
+            if key is not None:
+                options = dataclasses.replace(options, resource_key=key)
+        return JobSpec(task_name=self.name, args=list(args), kwargs=kwargs, options=options)
+
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        if not callable(self.resource_key):
+            return self.resource_key
+        try:
+            key = self.resource_key(*args, **kwargs)
+        except Exception as exc:
+            raise ValueError(
+                f"task {self.name}: its resource_key function raised {exc!r} for this call's "
+                "arguments; nothing was queued"
+            ) from exc
+        if key is not None and not isinstance(key, str):
+            raise ValueError(
+                f"task {self.name}: its resource_key function returned {key!r} "
+                f"({type(key).__name__}); it must return a str or None"
+            )
+        return key
 
     def enqueue(self, *args: Any, **kwargs: Any) -> JobHandle:
         """Queue one call in the caller's transaction; returns its handle."""
@@ -103,6 +134,7 @@ def task(
     takes_context: bool = False,
     time_limit: float = 0.0,
     retry_backoff: float | BackoffFn | None = None,
+    resource_key: str | ResourceKeyFn | None = None,
 ) -> Callable[[Callable[..., Any]], Task]: ...
 
 
@@ -118,11 +150,15 @@ def task(
     takes_context: bool = False,
     time_limit: float = 0.0,
     retry_backoff: float | BackoffFn | None = None,
+    resource_key: str | ResourceKeyFn | None = None,
 ) -> Task | Callable[[Callable[..., Any]], Task]:
     """Register a function as a task; usable bare (``@task``) or with options (``@task(...)``).
 
     ``name`` defaults to ``module.function``. ``takes_context=True`` passes a ``JobContext``
     (task id, attempt, queue) as the first argument, like Django's Tasks framework.
+    ``resource_key`` (a str, or a function called with each call's arguments at enqueue that
+    returns one or None) makes jobs of the same key run one at a time across every worker
+    (see ``docs/workflows.md``).
     """
 
     def register(fn: Callable[..., Any]) -> Task:
@@ -132,6 +168,13 @@ def task(
                 check_max_attempts(max_attempts)
             if queue:
                 check_queue_name(queue)
+            if resource_key is not None and not (
+                callable(resource_key) or isinstance(resource_key, str)
+            ):
+                raise ValueError(
+                    f"resource_key must be a str or a function of the task's arguments, "
+                    f"not {type(resource_key).__name__}"
+                )
         except ValueError as exc:
             raise ConfigurationError(f"task {fn.__qualname__}: {exc}") from None
         t = Task(
@@ -144,6 +187,7 @@ def task(
             takes_context=takes_context,
             time_limit=time_limit,
             retry_backoff=retry_backoff,
+            resource_key=resource_key,
         )
         return register_task(t)
 

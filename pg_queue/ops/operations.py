@@ -29,6 +29,7 @@ from pg_queue.ops.dead_letters import requeue_dead_letters
 
 # Re-exported: the admin, the commands and the tests use them through this module.
 from pg_queue.producer import enqueue_many
+from pg_queue.workflows import groups
 
 logger = logging.getLogger("pg_queue.ops.operations")
 
@@ -42,6 +43,8 @@ ACTION_LOCK_TIMEOUT = "5s"
 #: States ``pg_queue_purge`` understands: due ready rows, delayed ready rows, both ("queued",
 #: the default: everything not running, like ``celery purge``), running rows, or all.
 PURGE_STATES = sql_ops.JOB_PURGE_WHERE
+#: The error a purged member of a group or chain is recorded with.
+PURGED = "purged by an operator"
 
 
 # --- jobs ------------------------------------------------------------------------------------
@@ -143,6 +146,7 @@ def jobs_cancel(
     cancelled: list[JobRef] = []
     requested: list[JobRef] = []
     payloads: list[tuple[JobRef, Any]] = []
+    members: list[tuple[Any, ...]] = []
     with transaction.atomic(using=using), conn.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = '{ACTION_LOCK_TIMEOUT}'")
         cursor.execute(sql_ops.JOB_LOCK_FOR_CANCEL, {"ids": ids, "task_ids": wanted})
@@ -158,14 +162,17 @@ def jobs_cancel(
                 ref = JobRef(int(row[0]), row[1], row[2], row[3], row[4])
                 cancelled.append(ref)
                 payloads.append((ref, row[5]))
+                members.append((row[1], row[6], row[7]))
         for chunk in _chunks(running):
             cursor.execute(sql_ops.JOB_REQUEST_CANCEL, {"ids": list(chunk)})
             requested += _refs(cursor.fetchall())
         continuations, continuation_error = _enqueue_on_error(payloads, error, using)
+        ended = groups.settle(using, members, error=error)
         if conf.notify and cancelled:
             done = [str(ref.task_id) for ref in cancelled]
             wake = [",".join(c) for c in _chunks(done, NOTIFY_IDS_PER_MESSAGE)]
             cursor.execute(sql_ops.RESULT_NOTIFY, {"channel": RESULT_CHANNEL, "payloads": wake})
+    groups.announce(ended)
     seen = {ref.task_id for ref in (*cancelled, *requested)}
     for ref in cancelled:
         logger.info(
@@ -244,15 +251,24 @@ def jobs_purge(queue: str, state: str, *, using: str = "default") -> int:
 
     No outcome is recorded and no continuation fires: a purge throws jobs away. A running job
     that is purged still runs to its end; its ack then matches nothing. Use cancel to end jobs
-    with an outcome.
+    with an outcome. Members of a group or chain are the exception: each gets a ``cancelled``
+    outcome (``error = PURGED``) and counts as failed in its group, in the same transaction, so
+    the group still ends (``on_error`` fires once) instead of waiting for jobs that are gone.
     """
     where = purge_where(state)
+    ttl = queue_settings().result_ttl_seconds
     statement = sql_ops.JOB_PURGE_CHUNK.format(where=where)
     deleted = 0
     while True:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            cursor.execute(statement, {"queue": queue, "limit": ACTION_CHUNK})
-            count = cursor.rowcount
+            cursor.execute(
+                statement,
+                {"queue": queue, "limit": ACTION_CHUNK, "error": PURGED, "ttl": ttl},
+            )
+            rows = cursor.fetchall()
+            ended = groups.settle(using, rows, error=PURGED)
+        groups.announce(ended)
+        count = len(rows)
         deleted += count
         if count < ACTION_CHUNK:
             break

@@ -7,7 +7,9 @@ Three call shapes, the same on both transports:
   each logged with the task id;
 - ``dispatch_async(...)`` returns a ``DispatchHandle`` (task id, status, wait);
 - ``dispatch_with_callback(..., on_success=sig, on_error=sig)`` takes Celery signatures: on
-  Celery they are ``link`` / ``link_error`` unchanged; on Postgres they become continuation specs.
+  Celery they are ``link`` / ``link_error`` unchanged; on Postgres they become continuation specs;
+- ``dispatch_group([sig, ...], on_success=sig, on_error=sig)`` fans out and in: a Celery
+  ``chord`` or a pg_queue group, decided once for the whole group.
 
 Arguments that can never work (a signature with no task name or queue, no callback at all, a
 timeout longer than result retention) are ``ValueError`` at the call, on both transports, so
@@ -20,12 +22,13 @@ import logging
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.db import IntegrityError, connections, transaction
 
 from pg_queue import results
 from pg_queue.core.conf import queue_settings
+from pg_queue.core.options import EnqueueOptions, JobSpec
 from pg_queue.core.payload import ContinuationSpec, coerce_json
 from pg_queue.core.status import JobStatus
 from pg_queue.jobspec import QUEUE_NAME_MAX, TASK_NAME_MAX, new_task_id
@@ -380,4 +383,111 @@ class RoutingDispatcher:
         transport = self._transport(task_name, queue, org_id, execution_id)
         return self._send(
             transport, task_name, args_list, kwargs_dict, queue, org_id, on_success, on_error
+        )
+
+    def dispatch_group(
+        self,
+        signatures: list[Any] | tuple[Any, ...],
+        *,
+        on_success: Any,
+        on_error: Any = None,
+        org_id: str = "",
+        execution_id: str = "",
+    ) -> GroupDispatchHandle:
+        """Fan out ``signatures`` (Celery signatures) and fan in to ``on_success`` once.
+
+        One flag decision (or the execution's pin) for the whole group, so a group is never
+        split across transports. On Celery this is ``chord(signatures, on_success)`` with
+        ``on_error`` linked to the chord's body (Celery's own semantics, unchanged; it needs a
+        result backend that supports chords). On Postgres it is a pg_queue group:
+        ``on_success(results, *own_args)`` with the results in signature order, or
+        ``on_error(group_id, failures, *own_args)``, exactly once.
+        """
+        sigs = list(signatures) if isinstance(signatures, list | tuple) else None
+        if sigs is None:
+            raise ValueError(
+                f"signatures must be a list or tuple of signatures, got {type(signatures).__name__}"
+            )
+        children = [signature_to_continuation(s, f"signatures[{i}]") for i, s in enumerate(sigs)]
+        success = signature_to_continuation(on_success, "on_success")
+        failure = signature_to_continuation(on_error, "on_error") if on_error is not None else None
+        first = children[0] if children else success
+        transport = self._transport(first.task_name, first.queue, org_id, execution_id)
+        if transport == POSTGRES:
+            from pg_queue.workflows.groups import group
+
+            def spec(c: ContinuationSpec) -> JobSpec:
+                options = EnqueueOptions(queue=c.queue, tenant_key=org_id)
+                return JobSpec(task_name=c.task_name, args=c.args, kwargs=c.kwargs, options=options)
+
+            handle = group(
+                [spec(c) for c in children],
+                on_success=spec(success),
+                on_error=spec(failure) if failure is not None else None,
+            ).enqueue(using=self.using)
+            group_id, native = str(handle.group_id), cast(Any, handle)
+        else:
+            from celery import chord
+
+            body = on_success.clone()
+            if on_error is not None:
+                body.link_error(on_error)
+            sent = chord(sigs, body).apply_async()
+            header = cast(Any, sent.parent)  # the GroupResult of the children
+            group_id, native = str(header.id), header
+        logger.info(
+            "dispatched group group_id=%s children=%d transport=%s org_id=%s",
+            group_id,
+            len(children),
+            transport,
+            org_id,
+        )
+        return GroupDispatchHandle(group_id, transport, native)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDispatchResult:
+    """What ``GroupDispatchHandle.wait`` returns: the children's results in order, or why not."""
+
+    ok: bool
+    group_id: str
+    transport: str
+    results: list[Any]
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDispatchHandle:
+    """A dispatched group on either transport: a pg_queue ``GroupHandle`` or a Celery
+    ``GroupResult`` (the chord's header)."""
+
+    group_id: str
+    transport: str
+    native: Any
+
+    def wait(self, timeout: float) -> GroupDispatchResult:
+        """Until every child finished or ``timeout`` passes; never raises."""
+        try:
+            if self.transport == POSTGRES:
+                outcome = self.native.wait(timeout)
+                error = "; ".join(f"{e['task_id']}: {e['error']}" for e in outcome.errors)
+                if outcome.status == "timeout":
+                    error = f"TimeoutError: group did not end within {timeout}s"
+                return GroupDispatchResult(
+                    outcome.ok, self.group_id, self.transport, outcome.results, error
+                )
+            values = self.native.get(timeout=timeout, propagate=False)
+        except Exception as exc:
+            name = type(exc).__name__
+            logger.warning(
+                "group wait failed group_id=%s transport=%s error=%s: %s",
+                self.group_id,
+                self.transport,
+                name,
+                exc,
+            )
+            return GroupDispatchResult(False, self.group_id, self.transport, [], f"{name}: {exc}")
+        errors = [f"{type(v).__name__}: {v}" for v in values if isinstance(v, BaseException)]
+        return GroupDispatchResult(
+            not errors, self.group_id, self.transport, list(values), "; ".join(errors)
         )

@@ -155,6 +155,7 @@ class Worker:
             stats=self.stats,
             exit_on_time_limit=exit_on_time_limit,
             request_exit=self.request_stop,
+            events=self.events,
         )
         self.coordinator = Coordinator(
             conf=conf,

@@ -42,7 +42,10 @@ class Events(Service):
         self.dropped = 0
 
     def emit(self, signal: Signal, **kwargs: Any) -> None:
-        """Queue one signal for sending; never blocks, never raises."""
+        """Queue one signal for sending; never blocks, never raises. A signal nobody listens
+        to is not queued at all (the common case costs one attribute read per job)."""
+        if not signal.receivers:
+            return
         try:
             self._queue.put_nowait((signal, kwargs))
         except queue.Full:

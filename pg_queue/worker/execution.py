@@ -222,9 +222,10 @@ def _retry_outcome(job: JobRun, retry: Retry, started_at: dt.datetime) -> Outcom
 def _success_outcome(job: JobRun, value: Any, started_at: dt.datetime) -> Outcome:
     """Check the result as enqueue checks arguments; a result the database cannot store
     dead-letters the job with the reason, instead of failing the finisher's batch."""
+    grouped = job.msg.group_id is not None  # its group collects results, its chain passes it on
     try:
         value = coerce_json(value, "result")
-        result_json = dumps(value, "result") if _stores_result(job.task) else None
+        result_json = dumps(value, "result") if grouped or _stores_result(job.task) else None
     except PayloadError as exc:
         return unstorable(job, "result", str(exc), started_at)
     except RecursionError as exc:
@@ -245,6 +246,6 @@ def _success_outcome(job: JobRun, value: Any, started_at: dt.datetime) -> Outcom
         result_json,
         started_at,
         on_success,
-        value if on_success else None,
+        value if on_success or grouped else None,
         job.payload.on_error,
     )

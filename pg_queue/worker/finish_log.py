@@ -12,9 +12,16 @@ from typing import Any
 
 from pg_queue import metrics
 from pg_queue.core.outcomes import Bury, ClaimedJob, Outcome, RetryLater, Success
-from pg_queue.signals import job_failed
+from pg_queue.signals import (
+    chain_finished,
+    group_finished,
+    job_failed,
+    job_retried,
+    job_succeeded,
+)
 from pg_queue.worker.events import Events
 from pg_queue.worker.stats import WorkerStats
+from pg_queue.workflows.progress import GroupEnded
 
 logger = logging.getLogger("pg_queue.worker")
 
@@ -52,6 +59,8 @@ class FinishLog:
         if kind is Success:
             self.stats.succeeded += total
             _count(metrics.SUCCEEDED, per_queue)
+            for d in done:
+                self.events.emit(job_succeeded, **_job_kwargs(d.msg))
         elif kind is RetryLater:
             self.stats.retried += total
             _count(metrics.RETRIED, per_queue)
@@ -65,6 +74,7 @@ class FinishLog:
                     r.delay,
                     r.error,
                 )
+                self.events.emit(job_retried, **_job_kwargs(r.msg), error=r.error, delay=r.delay)
         elif kind is Bury:
             self.stats.dead_lettered += total
             _count(metrics.DEAD_LETTERED, per_queue)
@@ -76,6 +86,12 @@ class FinishLog:
             for c in done:
                 logger.warning("job cancelled %s error=%s", job_fields(c.msg), c.error)
 
+    def groups_ended(self, ended: list[GroupEnded]) -> None:
+        """Signal the groups and chains a write ended (their callbacks are already queued)."""
+        for end in ended:
+            signal = chain_finished if end.kind == "chain" else group_finished
+            self.events.emit(signal, group_id=end.group_id, status=end.status)
+
     def _buried(self, b: Bury) -> None:
         logger.error(
             "job dead-lettered %s attempts=%d reason=%s error=%s",
@@ -84,14 +100,7 @@ class FinishLog:
             b.reason,
             b.error,
         )
-        self.events.emit(
-            job_failed,
-            task_id=b.msg.task_id,
-            task_name=b.msg.task_name,
-            queue_name=b.msg.queue_name,
-            reason=b.reason,
-            error=b.error,
-        )
+        self.events.emit(job_failed, **_job_kwargs(b.msg), reason=b.reason, error=b.error)
 
     def discarded(self, outcome: Outcome) -> None:
         logger.info("finish discarded, its lease was lost earlier %s", job_fields(outcome.msg))
@@ -115,6 +124,10 @@ class FinishLog:
             job_fields(outcome.msg),
             error,
         )
+
+
+def _job_kwargs(msg: ClaimedJob) -> dict[str, Any]:
+    return {"task_id": msg.task_id, "task_name": msg.task_name, "queue_name": msg.queue_name}
 
 
 def _count(counter: Any, per_queue: dict[str, int]) -> None:

@@ -44,6 +44,7 @@ from pg_queue.worker.finish_log import FinishLog
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.service import Service
 from pg_queue.worker.stats import WorkerStats
+from pg_queue.workflows.progress import Finished, GroupEnded, PsycopgDb, record
 
 logger = logging.getLogger("pg_queue.worker")
 
@@ -265,11 +266,13 @@ class Finisher(Service):
 
     def _statement(self, conn: psycopg.Connection[Any], items: list[Any]) -> None:
         """One statement (and its continuations) for ``items``, all of one kind."""
+        ended: list[GroupEnded] = []
         try:
-            if _fires_continuations(items):
+            if _fires_continuations(items) or any(i.msg.group_id for i in items):
                 with conn.transaction():
                     written = self._execute(conn, items)
                     enqueue_continuations(conn, self._continuations(items, written))
+                    ended = self._groups(conn, items, written)
             else:
                 written = self._execute(conn, items)
         except psycopg.Error as exc:
@@ -279,8 +282,34 @@ class Finisher(Service):
         except (UnicodeError, ValueError, TypeError, OverflowError) as exc:
             raise _StatementFailed(exc) from exc  # a value psycopg could not even send
         self.log.written(items, written)
+        self.log.groups_ended(ended)
         if written and not self._deferred:
             self._defer_backoff = DEFER_MIN
+
+    def _groups(
+        self, conn: psycopg.Connection[Any], items: list[Any], written: set[int]
+    ) -> list[GroupEnded]:
+        """Count the written jobs of groups and chains into them, in the finish's transaction."""
+        if isinstance(items[0], RetryLater):
+            return []
+        finished = [
+            Finished(
+                item.msg.task_id,
+                item.msg.group_id,
+                item.msg.group_index,
+                ok=isinstance(item, Success),
+                value=item.value if isinstance(item, Success) else None,
+                error="" if isinstance(item, Success) else item.error,
+            )
+            for item in items
+            if item.msg.group_id is not None and item.msg.msg_id in written
+        ]
+        return record(
+            PsycopgDb(conn),
+            finished,
+            ttl=float(self.conf.result_ttl_seconds),
+            notify=self.notify_results,
+        )
 
     def _execute(self, conn: psycopg.Connection[Any], items: list[Any]) -> set[int]:
         ttl = float(self.conf.result_ttl_seconds)

@@ -4,7 +4,8 @@
   their last attempt are dead-lettered (``lease_expired``), their ``on_error`` fires in the same
   transaction and callers waiting on them are woken. Each payload is decoded inside its own
   guard: an undecodable one loses its ``on_error`` (logged), never the sweep.
-- Worker rows of processes that died without unregistering are pruned.
+- Worker rows of processes that died without unregistering are pruned; expired resource locks
+  of holders outside the worker, and locks whose job no longer holds a claim, are swept.
 - Result retention (every ``RESULT_SWEEP_INTERVAL``): expired results are deleted in bounded
   batches until none is left, so retention keeps up with any drain rate.
 
@@ -28,13 +29,14 @@ from pg_queue import metrics
 from pg_queue.core.conf import QueueSettings
 from pg_queue.core.continuations import error_spec, lenient_on_error
 from pg_queue.core.options import JobSpec
-from pg_queue.db import queries, sql
+from pg_queue.db import queries, sql, sql_workflows
 from pg_queue.models import DeadLetterReason
-from pg_queue.signals import job_failed
+from pg_queue.signals import chain_finished, group_finished, job_failed
 from pg_queue.worker.continuations import enqueue_continuations
 from pg_queue.worker.events import Events
 from pg_queue.worker.service import Service
 from pg_queue.worker.stats import WorkerStats
+from pg_queue.workflows.progress import Finished, PsycopgDb, record
 
 logger = logging.getLogger("pg_queue.worker")
 
@@ -135,6 +137,14 @@ class Maintenance(Service):
             sql.WORKER_PRUNE,
             {"stale": max(3 * self.conf.lease_seconds, WORKER_ROW_STALE_MIN)},
         )
+        for key, kind, holder in conn.execute(sql_workflows.LOCK_SWEEP).fetchall():
+            logger.warning(
+                "resource lock swept (expired, or its job ended) key=%s holder_kind=%s "
+                "holder_id=%s",
+                key,
+                kind,
+                holder,
+            )
 
     def _rearm_exhausted(self, conn: psycopg.Connection[Any]) -> int:
         """Dead-letter expired last attempts; fire their on_error in the same transaction."""
@@ -146,12 +156,25 @@ class Maintenance(Service):
                 notify=self.notify_results(),
             )
             continuations: list[tuple[uuid.UUID, JobSpec]] = []
-            for task_id, _name, _queue, payload_text, error in rows:
+            for task_id, _name, _queue, payload_text, error, _group, _index in rows:
                 spec = lenient_on_error(payload_text)
                 if spec is not None:
                     continuations.append((task_id, error_spec(spec, task_id, error)))
             enqueue_continuations(conn, continuations)
-        for task_id, name, queue_name, _payload, error in rows:
+            ended = record(
+                PsycopgDb(conn),
+                [
+                    Finished(task_id, group_id, index or 0, ok=False, error=error)
+                    for task_id, _n, _q, _p, error, group_id, index in rows
+                    if group_id is not None
+                ],
+                ttl=float(self.conf.result_ttl_seconds),
+                notify=self.notify_results(),
+            )
+        for end in ended:
+            signal = chain_finished if end.kind == "chain" else group_finished
+            self.events.emit(signal, group_id=end.group_id, status=end.status)
+        for task_id, name, queue_name, _payload, error, _group, _index in rows:
             metrics.DEAD_LETTERED.labels(queue_name).inc()
             self.events.emit(
                 job_failed,

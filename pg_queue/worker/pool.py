@@ -28,6 +28,8 @@ from django.db import connections
 
 from pg_queue import metrics
 from pg_queue.core.outcomes import Outcome
+from pg_queue.signals import job_started
+from pg_queue.worker.events import Events
 from pg_queue.worker.execution import JobRun, error_text, failure_outcome, run_job
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.service import Service, record_thread_error
@@ -63,8 +65,10 @@ class Pool:
         stats: WorkerStats,
         exit_on_time_limit: bool,
         request_exit: Callable[[], None],
+        events: Events | None = None,
     ) -> None:
         self.concurrency = concurrency
+        self.events = events
         self.worker_id = worker_id
         self.inflight = inflight
         self.submit = submit
@@ -181,6 +185,14 @@ class Pool:
             self._running[msg.msg_id] = _Running(job, start, deadline, me)
         if job.time_limit:
             self.timer.wake()
+        if self.events is not None:
+            self.events.emit(
+                job_started,
+                task_id=msg.task_id,
+                task_name=msg.task_name,
+                queue_name=msg.queue_name,
+                attempt=msg.attempts,
+            )
         cancelled = self.inflight.cancelled
         outcome = run_job(job, self.worker_id, started, lambda: msg.msg_id in cancelled)
         with self._lock:
