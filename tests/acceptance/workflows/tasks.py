@@ -1,0 +1,148 @@
+"""Tasks the workflow tests run in worker subprocesses (loaded with ``--include``).
+
+They record what ran in the side tables of ``conftest.wf`` through the delivery tasks'
+per-thread connection. Importing this module also connects the group/chain signal receivers,
+one of which raises (a raising receiver must change nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pg_queue import JobContext, task
+from pg_queue.signals import chain_finished, group_finished
+from tests.acceptance.delivery.tasks import _execute
+
+QUEUE = "wf"
+
+
+def _started(context: JobContext, key: str | None) -> int:
+    rows = _execute(
+        """
+        INSERT INTO wf_exec (task_id, attempt, worker_id, resource_key, started_at)
+        VALUES (%(task_id)s, %(attempt)s, %(worker_id)s, %(key)s, clock_timestamp())
+        RETURNING id
+        """,
+        {
+            "task_id": context.task_id,
+            "attempt": context.attempt,
+            "worker_id": context.worker_id,
+            "key": key,
+        },
+    )
+    return int(rows[0][0])
+
+
+def _ended(exec_id: int) -> None:
+    _execute("UPDATE wf_exec SET ended_at = clock_timestamp() WHERE id = %(id)s", {"id": exec_id})
+
+
+@task(queue=QUEUE, takes_context=True, resource_key=lambda key, ms=0: key)
+def keyed(context: JobContext, key: str, ms: float = 0) -> str:
+    """Hold ``key`` (taken by the claim) for ``ms`` milliseconds, recording start and end."""
+    exec_id = _started(context, key)
+    time.sleep(ms / 1000)
+    _ended(exec_id)
+    return key
+
+
+@task(queue=QUEUE, takes_context=True, max_attempts=1, resource_key=lambda key, ms=0: key)
+def keyed_once(context: JobContext, key: str, ms: float = 0) -> str:
+    """``keyed`` with a single attempt (a kill -9 while it runs dead-letters it)."""
+    exec_id = _started(context, key)
+    time.sleep(ms / 1000)
+    _ended(exec_id)
+    return key
+
+
+@task(queue=QUEUE, takes_context=True)
+def plain(context: JobContext, ms: float = 0) -> float:
+    """No key: record the execution, sleep ``ms`` milliseconds."""
+    exec_id = _started(context, None)
+    time.sleep(ms / 1000)
+    _ended(exec_id)
+    return ms
+
+
+@task(queue=QUEUE, takes_context=True)
+def add(context: JobContext, a: int, b: int, ms: float = 0) -> int:
+    """``a + b`` after ``ms`` milliseconds, recording which worker ran it."""
+    exec_id = _started(context, None)
+    time.sleep(ms / 1000)
+    _ended(exec_id)
+    return a + b
+
+
+@task(queue=QUEUE, max_attempts=1)
+def fail_if(x: int, bad: int) -> int:
+    """Returns ``x``; fails for good (one attempt) when ``x == bad``."""
+    if x == bad:
+        raise ValueError(f"child {x} failed")
+    return x
+
+
+@task(queue=QUEUE, max_attempts=1)
+def flaky(x: int) -> int:
+    """Returns ``x`` once the flag ``fixed`` is set in ``wf_flag``; fails for good before."""
+    if not _execute("SELECT 1 FROM wf_flag WHERE flag = 'fixed'", {}):
+        raise ValueError(f"child {x}: not fixed yet")
+    return x
+
+
+@task(queue=QUEUE)
+def summarize(results: list[Any], tag: str) -> int:
+    """A group's on_success: records the results it was given."""
+    _execute(
+        "INSERT INTO wf_callback (kind, tag, payload) VALUES ('success', %(tag)s, %(payload)s)",
+        {"tag": tag, "payload": json.dumps(results)},
+    )
+    return len(results)
+
+
+@task(queue=QUEUE)
+def report(group_id: str, failures: Any, tag: str) -> None:
+    """A group's or chain's on_error: records the id and failures it was given."""
+    _execute(
+        "INSERT INTO wf_callback (kind, tag, payload) VALUES ('error', %(tag)s, %(payload)s)",
+        {"tag": tag, "payload": json.dumps({"group_id": str(group_id), "failures": failures})},
+    )
+
+
+@task(queue=QUEUE)
+def start(n: int) -> list[int]:
+    """A chain's first step."""
+    return [n]
+
+
+@task(queue=QUEUE)
+def step(previous: list[int], n: int) -> list[int]:
+    """A chain step: the previous result with ``n`` appended."""
+    return [*previous, n]
+
+
+@task(queue=QUEUE, max_attempts=1)
+def boom(previous: Any, n: int) -> None:
+    raise RuntimeError(f"step {n} broke")
+
+
+def _record_signal(signal_name: str):  # type: ignore[no-untyped-def]
+    def receiver(sender: Any, group_id: Any, status: str, **_: Any) -> None:
+        _execute(
+            "INSERT INTO wf_signal (signal, group_id, status) VALUES (%(s)s, %(g)s, %(st)s)",
+            {"s": signal_name, "g": group_id, "st": status},
+        )
+
+    return receiver
+
+
+def _raising(sender: Any, **kwargs: Any) -> None:
+    raise RuntimeError("a receiver that raises")
+
+
+_on_group = _record_signal("group_finished")
+_on_chain = _record_signal("chain_finished")
+group_finished.connect(_raising, dispatch_uid="wf-raising-group")
+group_finished.connect(_on_group, dispatch_uid="wf-group")
+chain_finished.connect(_on_chain, dispatch_uid="wf-chain")

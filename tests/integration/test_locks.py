@@ -1,0 +1,228 @@
+"""Resource locks on a real PostgreSQL: ``resource_lock`` (try once, wait, renew, take over an
+expired lock, force release) and the claim's side of them (a held key keeps its jobs queued
+without costing an attempt; one job per key per claim; every finish gives the key back)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection
+
+from pg_queue import ResourceLocked, resource_lock, task
+from pg_queue.core.exceptions import ConfigurationError
+from pg_queue.core.outcomes import Bury, ClaimedJob, RetryLater, Success
+from pg_queue.db import connection as db_connection
+from pg_queue.db import queries
+from pg_queue.models import Job, ResourceLock
+from pg_queue.workflows.locks import force_release, locks
+from workers import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LEASE = 60.0
+
+
+@pytest.fixture
+def conn() -> Iterator[psycopg.Connection[Any]]:
+    with db_connection.worker_connection() as c:
+        yield c
+
+
+def claim(conn: psycopg.Connection[Any], limit: int = 100) -> list[ClaimedJob]:
+    return queries.job_claim(conn, queue="default", limit=limit, lease=LEASE, worker_id="w1")
+
+
+def held() -> dict[str, tuple[str, Any]]:
+    return {
+        lock.resource_key: (lock.holder_kind, lock.task_id) for lock in ResourceLock.objects.all()
+    }
+
+
+# --- resource_lock() ----------------------------------------------------------------------
+
+
+def test_wait_zero_raises_at_once_naming_the_holder() -> None:
+    with resource_lock("rag:/a", holder_kind="cli", ttl=30) as holder:
+        started = time.monotonic()
+        with (
+            pytest.raises(ResourceLocked) as info,
+            resource_lock("rag:/a", holder_kind="web", wait=0),
+        ):
+            pytest.fail("a held key was taken twice")
+        assert time.monotonic() - started < 1.0
+        assert (info.value.holder_kind, info.value.holder_id) == ("cli", holder)
+        assert info.value.since is not None
+        assert f"held by cli {holder}" in str(info.value)
+    assert held() == {}
+
+
+def test_a_waiter_gets_the_key_when_its_holder_lets_go_and_gives_up_after_wait() -> None:
+    with resource_lock("rag:/b", holder_kind="cli", ttl=30):
+        started = time.monotonic()
+        with pytest.raises(ResourceLocked), resource_lock("rag:/b", holder_kind="web", wait=0.4):
+            pass
+        assert 0.4 <= time.monotonic() - started < 3.0
+    with resource_lock("rag:/b", holder_kind="web", wait=0.4) as holder:
+        assert ResourceLock.objects.get().holder_id == holder
+
+
+def test_a_short_ttl_is_renewed_while_the_block_runs() -> None:
+    with resource_lock("rag:/c", holder_kind="cli", ttl=1) as holder:
+        time.sleep(2.5)  # more than twice the ttl: only renewals keep it
+        lock = ResourceLock.objects.get()
+        assert lock.holder_id == holder
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT now()")
+            (now,) = cursor.fetchone()
+        assert lock.expires_at > now
+        with pytest.raises(ResourceLocked), resource_lock("rag:/c", holder_kind="web", wait=0):
+            pass
+    assert held() == {}
+
+
+def test_an_expired_lock_is_taken_over() -> None:
+    ResourceLock.objects.create(
+        resource_key="rag:/d",
+        holder_id="crashed-cli",
+        holder_kind="cli",
+        expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5),
+    )
+    with resource_lock("rag:/d", holder_kind="web", wait=0) as holder:
+        assert ResourceLock.objects.get().holder_id == holder
+
+
+def test_force_release_throws_the_holder_out_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with resource_lock("rag:/e", holder_kind="cli", ttl=30) as holder:
+        [info] = locks()
+        assert (info.resource_key, info.holder_kind, info.holder_id) == ("rag:/e", "cli", holder)
+        with caplog.at_level(logging.WARNING, logger="pg_queue.locks"):
+            previous = force_release("rag:/e", actor="ops:bob")
+        assert previous is not None
+        assert previous.holder_id == holder
+        assert "force-released key=rag:/e by=ops:bob" in caplog.text
+        assert holder in caplog.text
+        assert held() == {}
+    assert force_release("rag:/e") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"key": ""}, "resource key"),
+        ({"key": "x" * 301}, "resource key"),
+        ({"key": "a\x00b"}, "resource key"),
+        ({"holder_kind": "worker"}, "holder_kind"),
+        ({"holder_kind": ""}, "holder_kind"),
+        ({"ttl": 0.5}, "ttl"),
+        ({"ttl": float("nan")}, "ttl"),
+        ({"ttl": True}, "ttl"),
+        ({"wait": -1}, "wait"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_problem(kwargs: dict[str, Any], message: str) -> None:
+    args = {"key": "rag:/f", "holder_kind": "cli", "ttl": 10, "wait": 0, **kwargs}
+    key = args.pop("key")
+    with pytest.raises(ValueError, match=message), resource_lock(key, **args):
+        pass
+    assert held() == {}
+
+
+# --- the claim ------------------------------------------------------------------------------
+
+
+def test_a_held_key_keeps_its_jobs_queued_without_an_attempt_while_others_go_by(
+    conn: psycopg.Connection[Any],
+) -> None:
+    keyed = [tasks.add.using(resource_key="rag:/g").enqueue(i, i) for i in range(3)]
+    plain = tasks.add.enqueue(9, 9)
+    with resource_lock("rag:/g", holder_kind="cli", ttl=30):
+        claimed = claim(conn)
+        assert [m.task_id for m in claimed] == [plain.task_id]
+        assert set(
+            Job.objects.filter(task_id__in=[h.task_id for h in keyed]).values_list(
+                "attempts", "state"
+            )
+        ) == {(0, "ready")}
+    # Free again: one job of the key per claim, with the lock row inserted in the claim.
+    [first] = claim(conn)
+    assert first.task_id == keyed[0].task_id
+    assert held() == {"rag:/g": ("worker", first.task_id)}
+    assert claim(conn) == []
+
+
+@pytest.mark.parametrize("finish", ["ack", "retry", "bury", "release"])
+def test_every_finish_gives_the_key_back(conn: psycopg.Connection[Any], finish: str) -> None:
+    tasks.add.using(resource_key="rag:/h").enqueue(1, 1)
+    tasks.add.using(resource_key="rag:/h").enqueue(2, 2)
+    [msg] = claim(conn)
+    assert held() == {"rag:/h": ("worker", msg.task_id)}
+    if finish == "ack":
+        assert queries.job_ack(conn, [Success(msg, "2", msg.claimed_at)], ttl=60)
+    elif finish == "retry":
+        assert queries.job_retry(conn, [RetryLater(msg, 3600.0, "boom")])
+    elif finish == "bury":
+        assert queries.job_bury(conn, [Bury(msg, "failed", "boom", "", None)], ttl=60)
+    else:
+        assert queries.job_release(conn, {msg.msg_id: msg.lease_token})
+    assert held() == {}
+    assert len(claim(conn)) == 1  # the key's next job
+
+
+def test_each_claim_takes_at_most_one_job_per_key(conn: psycopg.Connection[Any]) -> None:
+    for key in ("k1", "k2"):
+        for i in range(5):
+            tasks.add.using(resource_key=key).enqueue(i, i)
+    claimed = claim(conn)
+    assert len(claimed) == 2
+    assert set(held()) == {"k1", "k2"}
+
+
+# --- @task(resource_key=...) ----------------------------------------------------------------
+
+
+@task(name="tests.locks.keyed", resource_key=lambda db, doc: f"rag:{db}")
+def keyed(db: str, doc: int) -> int:
+    return doc
+
+
+@task(name="tests.locks.bad_key", resource_key=lambda n: 1 / n and None)
+def bad_key(n: int) -> int:
+    return n
+
+
+@task(name="tests.locks.int_key", resource_key=lambda n: n)
+def int_key(n: int) -> int:
+    return n
+
+
+def test_a_task_key_comes_from_the_call_arguments_and_using_overrides_it() -> None:
+    a = keyed.enqueue("/data/a", 1)
+    b = keyed.using(resource_key="rag:/other").enqueue("/data/a", 2)
+    keys = dict(Job.objects.values_list("task_id", "resource_key"))
+    assert keys == {a.task_id: "rag:/data/a", b.task_id: "rag:/other"}
+
+
+def test_a_key_function_that_raises_or_returns_a_non_string_queues_nothing() -> None:
+    with pytest.raises(ValueError, match=r"tests.locks.bad_key: its resource_key function raised"):
+        bad_key.enqueue(0)
+    with pytest.raises(ValueError, match=r"returned 7 \(int\); it must return a str or None"):
+        int_key.enqueue(7)
+    assert Job.objects.count() == 0
+    assert bad_key.enqueue(1) is not None  # None: no key
+    assert Job.objects.get().resource_key is None
+
+
+def test_a_bad_resource_key_option_fails_at_import() -> None:
+    with pytest.raises(ConfigurationError, match="resource_key must be a str or a function"):
+
+        @task(name="tests.locks.bad_option", resource_key=42)  # type: ignore[call-overload]
+        def bad_option() -> None:
+            pass
