@@ -200,3 +200,24 @@ def test_a_failing_middle_step_cancels_the_rest_and_calls_on_error_once(
     assert last == ("cancelled",)
     assert wf.value("SELECT count(*) FROM pg_queue_message") == 0
     assert signals(wf) == [("chain_finished", "failed")]
+
+
+def test_requeueing_the_failed_step_resumes_its_chain(workers: Workers, wf: Db) -> None:
+    handle = chain(
+        [tasks.start.job(1), tasks.flaky.job(), tasks.step.job(3)],
+        on_error=tasks.report.job("resumed"),
+    ).enqueue()
+    start_worker(workers)
+    assert handle.wait(timeout=TIMEOUT).status == "failed"
+    last = wf.one("SELECT status FROM pg_task_result WHERE task_id = %s", [handle.task_ids[2]])
+    assert last == ("cancelled",)
+
+    wf.rows("INSERT INTO wf_flag VALUES ('fixed')")
+    letters = [row[0] for row in wf.rows("SELECT id FROM pg_queue_dead_letter")]
+    assert requeue_dead_letters(letters) == [handle.task_ids[1]]
+
+    workers.wait_for(lambda: handle.status() == "succeeded", TIMEOUT, "the chain to end again")
+    outcome = handle.wait(timeout=1)
+    assert outcome.ok, outcome
+    assert outcome.result == [1, 3]
+    assert [(kind, tag) for kind, tag, _ in callbacks(wf)] == [("error", "resumed")]
