@@ -60,7 +60,7 @@ def wf(pgdb: Db) -> Iterator[Db]:  # noqa: F811
     pgdb.rows(
         """
         CREATE TABLE IF NOT EXISTS wf_signal (
-            id bigserial PRIMARY KEY, signal text NOT NULL, group_id uuid NOT NULL,
+            id bigserial PRIMARY KEY, signal text NOT NULL, ref uuid NOT NULL,
             status text NOT NULL
         )
         """

@@ -12,7 +12,14 @@ import time
 from typing import Any
 
 from pg_queue import JobContext, task
-from pg_queue.signals import chain_finished, group_finished
+from pg_queue.signals import (
+    chain_finished,
+    group_finished,
+    job_failed,
+    job_retried,
+    job_started,
+    job_succeeded,
+)
 from tests.acceptance.delivery.tasks import _execute
 
 QUEUE = "wf"
@@ -127,12 +134,34 @@ def boom(previous: Any, n: int) -> None:
     raise RuntimeError(f"step {n} broke")
 
 
-def _record_signal(signal_name: str):  # type: ignore[no-untyped-def]
+@task(queue=QUEUE, takes_context=True, max_attempts=2, retry_backoff=0.05)
+def lifecycle(context: JobContext, fail_for_good: bool) -> int:
+    """Fails its first attempt; then succeeds, or fails for good when ``fail_for_good``."""
+    if context.attempt == 1 or fail_for_good:
+        raise ValueError(f"attempt {context.attempt} failed")
+    return context.attempt
+
+
+def _insert_signal(name: str, ref: Any, status: str) -> None:
+    _execute(
+        "INSERT INTO wf_signal (signal, ref, status) VALUES (%(s)s, %(r)s, %(st)s)",
+        {"s": name, "r": ref, "st": status},
+    )
+
+
+def _record_group_signal(name: str):  # type: ignore[no-untyped-def]
     def receiver(sender: Any, group_id: Any, status: str, **_: Any) -> None:
-        _execute(
-            "INSERT INTO wf_signal (signal, group_id, status) VALUES (%(s)s, %(g)s, %(st)s)",
-            {"s": signal_name, "g": group_id, "st": status},
-        )
+        _insert_signal(name, group_id, status)
+
+    return receiver
+
+
+def _record_job_signal(name: str):  # type: ignore[no-untyped-def]
+    """Records the signals of ``lifecycle`` jobs only (status: the attempt, or the delay)."""
+
+    def receiver(sender: Any, task_id: Any, task_name: str, **kwargs: Any) -> None:
+        if task_name == lifecycle.name:
+            _insert_signal(name, task_id, str(kwargs.get("attempt", kwargs.get("reason", ""))))
 
     return receiver
 
@@ -141,8 +170,20 @@ def _raising(sender: Any, **kwargs: Any) -> None:
     raise RuntimeError("a receiver that raises")
 
 
-_on_group = _record_signal("group_finished")
-_on_chain = _record_signal("chain_finished")
-group_finished.connect(_raising, dispatch_uid="wf-raising-group")
-group_finished.connect(_on_group, dispatch_uid="wf-group")
-chain_finished.connect(_on_chain, dispatch_uid="wf-chain")
+_receivers = {
+    signal: _record_group_signal(name)
+    for name, signal in (("group_finished", group_finished), ("chain_finished", chain_finished))
+}
+_receivers |= {
+    signal: _record_job_signal(name)
+    for name, signal in (
+        ("job_started", job_started),
+        ("job_succeeded", job_succeeded),
+        ("job_retried", job_retried),
+        ("job_failed", job_failed),
+    )
+}
+for _signal, _receiver in _receivers.items():
+    # A raising receiver before every recording one: it must change nothing.
+    _signal.connect(_raising, dispatch_uid=f"wf-raising-{id(_signal)}")
+    _signal.connect(_receiver, dispatch_uid=f"wf-record-{id(_signal)}")

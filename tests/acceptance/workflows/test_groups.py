@@ -28,7 +28,12 @@ def callbacks(db: Db) -> list[tuple[str, str, Any]]:
 
 
 def signals(db: Db) -> list[tuple[str, str]]:
-    return [tuple(row) for row in db.rows("SELECT signal, status FROM wf_signal ORDER BY id")]
+    return [
+        tuple(row)
+        for row in db.rows(
+            "SELECT signal, status FROM wf_signal WHERE signal LIKE '%%_finished' ORDER BY id"
+        )
+    ]
 
 
 def start_worker(workers: Workers, *flags: str) -> None:

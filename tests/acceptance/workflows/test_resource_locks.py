@@ -74,6 +74,11 @@ def test_keyless_jobs_run_while_a_key_is_held_and_its_jobs_wait_without_losing_a
         workers.start("--queues", tasks.QUEUE, "--concurrency", "4")
 
         workers.wait_for(lambda: ended(wf) == 50, DRAIN_TIMEOUT, "the 50 keyless jobs to run")
+        workers.wait_for(
+            lambda: wf.value("SELECT count(*) FROM pg_queue_message") == 20,
+            30,
+            "the keyless jobs' acks",
+        )
         assert ended(wf, key) == 0
         assert wf.rows("SELECT holder_kind, holder_id FROM pg_resource_lock") == [("cli", holder)]
         assert wf.value("SELECT count(*) FROM pg_queue_message WHERE attempts > 0") == 0
