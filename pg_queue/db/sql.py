@@ -488,31 +488,3 @@ WHERE task_id IN (
     SELECT task_id FROM pg_task_result WHERE expires_at < now() LIMIT %(limit)s
 )
 """
-
-# --- dead letters ----------------------------------------------------------------------------
-
-#: Put dead letters back as fresh jobs (attempts 0) under their original task ids, and drop
-#: their failed outcomes so the next outcome can be written (results are first-write-wins).
-#: One statement: the letter, the outcome and the new job change together or not at all.
-DEAD_LETTER_REQUEUE = """
-WITH letters AS (
-    DELETE FROM pg_queue_dead_letter AS d
-    WHERE d.id = ANY(%(ids)s)
-      AND NOT EXISTS (SELECT 1 FROM pg_queue_message AS m WHERE m.task_id = d.task_id)
-    RETURNING *
-), old_outcomes AS (
-    DELETE FROM pg_task_result AS r USING letters AS l WHERE r.task_id = l.task_id
-), requeued AS (
-    INSERT INTO pg_queue_message (
-        task_id, queue_name, task_name, payload, priority, max_attempts, tenant_key,
-        last_error, group_id, group_index, resource_key
-    )
-    SELECT l.task_id, l.queue_name, l.task_name, COALESCE(l.payload, '{}'::jsonb), l.priority,
-           GREATEST(l.max_attempts, 1), l.tenant_key,
-           'requeued from dead letter: ' || l.last_error, l.group_id, l.group_index,
-           l.resource_key
-    FROM letters AS l
-    RETURNING task_id, group_id, group_index
-)
-SELECT task_id, group_id, group_index FROM requeued
-"""

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from django.db import connections, transaction
 
-from pg_queue.db import sql
+from pg_queue.db import sql_ops
 from pg_queue.workflows import groups
 
 
@@ -23,7 +23,7 @@ def requeue_dead_letters(ids: Iterable[int], *, using: str = "default") -> list[
     if not id_list:
         return []
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        cursor.execute(sql.DEAD_LETTER_REQUEUE, {"ids": id_list})
+        cursor.execute(sql_ops.DEAD_LETTER_REQUEUE, {"ids": id_list})
         rows = cursor.fetchall()
         groups.reopen(using, rows)
         return [row[0] for row in rows]
