@@ -96,6 +96,13 @@ class Job(models.Model):
                 name="pg_queue_msg_claimed_idx",
                 condition=models.Q(state="claimed"),
             ),
+            # A group's queued children (admin, cancel): group members only, so jobs outside
+            # groups write no entry.
+            models.Index(
+                fields=["group_id", "group_index"],
+                name="pg_queue_msg_group_idx",
+                condition=models.Q(group_id__isnull=False),
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -171,7 +178,14 @@ class DeadLetter(models.Model):
 
     class Meta:
         db_table = "pg_queue_dead_letter"
-        indexes = [models.Index(fields=["queue_name", "failed_at"], name="pg_queue_dl_queue_idx")]
+        indexes = [
+            models.Index(fields=["queue_name", "failed_at"], name="pg_queue_dl_queue_idx"),
+            models.Index(
+                fields=["group_id", "group_index"],
+                name="pg_queue_dl_group_idx",
+                condition=models.Q(group_id__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_name}[{self.task_id}] {self.reason}"
@@ -237,6 +251,7 @@ class JobGroup(models.Model):
 
     class Meta:
         db_table = "pg_queue_group"
+        verbose_name = "group"
         indexes = [
             models.Index(
                 fields=["created_at"],

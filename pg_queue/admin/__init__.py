@@ -1,5 +1,5 @@
 """The operator surface in the Django admin: queues overview, jobs, dead letters, results,
-workers.
+workers, groups and chains, resource locks.
 
 Raw rows are never edited here: a saved form would write stale copies of columns a worker owns
 (``vt``, ``lease_token``). Every change is an action from ``pg_queue.ops.operations`` (set-based,
@@ -9,16 +9,19 @@ one batch: who did what to which job. List pages run a fixed number of queries, 
 rows they show (no per-row lookups: the database clock and in-flight counts are annotations).
 """
 
-from pg_queue.admin import jobs, records  # noqa: F401  (registers the ModelAdmins)
+from pg_queue.admin import jobs, records, workflows  # noqa: F401  (registers the ModelAdmins)
 from pg_queue.admin.base import MAX_CONFIRM_ROWS, OperatorAdmin
 from pg_queue.admin.jobs import JobAdmin
 from pg_queue.admin.records import DeadLetterAdmin, TaskResultAdmin, WorkerAdmin
+from pg_queue.admin.workflows import JobGroupAdmin, ResourceLockAdmin
 
 __all__ = [
     "MAX_CONFIRM_ROWS",
     "DeadLetterAdmin",
     "JobAdmin",
+    "JobGroupAdmin",
     "OperatorAdmin",
+    "ResourceLockAdmin",
     "TaskResultAdmin",
     "WorkerAdmin",
 ]

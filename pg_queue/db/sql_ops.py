@@ -212,6 +212,30 @@ LEFT JOIN (
 ORDER BY w.hostname, w.worker_id
 """
 
+#: Held resource locks, oldest first, at most ``limit`` of them, each row carrying how many are
+#: held in all. Ages and time left by the database clock; time left is NULL for a job's lock.
+LOCK_OVERVIEW = """
+SELECT resource_key, holder_kind, holder_id, task_id,
+       EXTRACT(EPOCH FROM now() - acquired_at)::float8,
+       EXTRACT(EPOCH FROM expires_at - now())::float8,
+       count(*) OVER ()
+FROM pg_resource_lock
+ORDER BY acquired_at, resource_key
+LIMIT %(limit)s
+"""
+
+#: Running groups and chains, oldest first (the partial index on running rows), at most
+#: ``limit``, each row carrying how many are running in all.
+GROUP_RUNNING_OVERVIEW = """
+SELECT group_id, kind, finished, total, failed,
+       EXTRACT(EPOCH FROM now() - created_at)::float8,
+       count(*) OVER ()
+FROM pg_queue_group
+WHERE status = 'running'
+ORDER BY created_at, group_id
+LIMIT %(limit)s
+"""
+
 # --- status of one job (pg_queue.results) ---------------------------------------------------
 
 #: One round trip: the finished outcome, or the live job's queued/running state.

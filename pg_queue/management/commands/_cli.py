@@ -1,9 +1,10 @@
 """What the commands that draw with rich share: the ``cli`` extra, named when it is missing.
 
-rich is the optional ``pg-queue[cli]`` extra. ``pg_queue_status``, ``pg_queue_bench`` and
-``pg_queue_demo`` import it when available and, without it, refuse with a ``CommandError`` that
-says what to install, never an ImportError while Django loads the command. (Django skips
-modules whose name starts with an underscore when it lists commands.)
+rich is the optional ``pg-queue[cli]`` extra. ``pg_queue_status``, ``pg_queue_locks``,
+``pg_queue_bench`` and ``pg_queue_demo`` import it when available and, without it, refuse with a
+``CommandError`` that says what to install, never an ImportError while Django loads the
+command (``pg_queue_status --json`` and ``pg_queue_locks --json`` or ``--release`` need none).
+(Django skips modules whose name starts with an underscore when it lists commands.)
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 The same snapshot as the admin's queues overview (two aggregate statements, whatever the number
 of queues): per queue ready / delayed / running / lease-expired counts, the oldest due job's
 wait, jobs finished and failed in the last 5 and 60 minutes, dead letters and live workers; then
-every worker; then what is stuck, in words. ``--watch`` redraws until Ctrl-C (exit 0) or until
-``--iterations`` snapshots were shown.
+every worker; then the held resource locks and the running groups and chains (the oldest
+``SHOWN`` of each and how many more, one statement per section); then what is stuck, in words.
+``--watch`` redraws until Ctrl-C (exit 0) or until ``--iterations`` snapshots were shown.
 
-Names from the database (queues, tasks, workers, hosts, states) are printed as they are: every
-one goes to rich as ``Text``, never as a markup string, so ``[/]`` cannot crash the command and
-``[bold]x[/bold]`` or ``:smile:`` are not rewritten.
+Names from the database (queues, tasks, workers, hosts, states, lock keys and holders) are
+printed as they are: every one goes to rich as ``Text``, never as a markup string, so ``[/]``
+cannot crash the command and ``[bold]x[/bold]`` or ``:smile:`` are not rewritten.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -41,14 +43,30 @@ from pg_queue.ops.overview import (
     format_age,
     queue_overview,
 )
+from pg_queue.ops.workflow_overview import (
+    WorkflowOverview,
+    format_expiry,
+    workflow_overview,
+)
 
 #: Width of the table when the output is not a terminal (a file, a pipe, a test).
 PLAIN_WIDTH = 150
 STUCK = "bold red"
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one look shows: the queues overview and the workflow sections."""
+
+    queues: Overview
+    workflows: WorkflowOverview
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.queues.to_json(), **self.workflows.to_json()}
+
+
 class Command(BaseCommand):
-    help = "Show every queue's counts, the workers, and what is stuck."
+    help = "Show every queue's counts, the workers, held locks, running groups, what is stuck."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -101,25 +119,28 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             self.stdout.write("")  # Ctrl-C ends a watch normally (exit 0)
 
-    def _snapshot(self, options: dict[str, Any]) -> Overview:
-        return queue_overview(stuck_ready_seconds=options["stuck_ready_seconds"])
+    def _snapshot(self, options: dict[str, Any]) -> Snapshot:
+        return Snapshot(
+            queue_overview(stuck_ready_seconds=options["stuck_ready_seconds"]),
+            workflow_overview(),
+        )
 
     def _show_once(self, options: dict[str, Any]) -> None:
-        overview = self._snapshot(options)
+        snapshot = self._snapshot(options)
         if options["json"]:
-            self.stdout.write(json.dumps(overview.to_json(), indent=2))
+            self.stdout.write(json.dumps(snapshot.to_json(), indent=2))
         else:
-            self.stdout.write(_render_text(overview), ending="")
+            self.stdout.write(_render_text(snapshot), ending="")
 
     def _watch_plain(self, every: float, iterations: int | None, options: dict[str, Any]) -> None:
         shown = 0
         while True:
-            overview = self._snapshot(options)
+            snapshot = self._snapshot(options)
             shown += 1
             if options["json"]:  # one document per line
-                self.stdout.write(json.dumps(overview.to_json()))
+                self.stdout.write(json.dumps(snapshot.to_json()))
             else:
-                self.stdout.write(_render_text(overview), ending="")
+                self.stdout.write(_render_text(snapshot), ending="")
             self.stdout.flush()
             if iterations is not None and shown >= iterations:
                 return
@@ -132,11 +153,11 @@ class Command(BaseCommand):
         shown = 0
         with Live(console=console, auto_refresh=False, screen=False) as live:
             while True:
-                overview = self._snapshot(options)
+                snapshot = self._snapshot(options)
                 shown += 1
                 live.update(
                     Group(
-                        *_renderables(overview),
+                        *_renderables(snapshot),
                         Text(f"refreshing every {every:g} s; Ctrl-C to stop", style="dim"),
                     ),
                     refresh=True,
@@ -146,7 +167,7 @@ class Command(BaseCommand):
                 time.sleep(every)
 
 
-def _render_text(overview: Overview) -> str:
+def _render_text(snapshot: Snapshot) -> str:
     """The tables as text: coloured on a terminal, plain (with words for red) otherwise."""
     terminal = sys.stdout.isatty()
     width = shutil.get_terminal_size((PLAIN_WIDTH, 40)).columns if terminal else PLAIN_WIDTH
@@ -158,7 +179,7 @@ def _render_text(overview: Overview) -> str:
         color_system="standard" if terminal else None,
         highlight=False,
     )
-    for item in _renderables(overview):
+    for item in _renderables(snapshot):
         console.print(item)
     return buffer.getvalue()
 
@@ -168,7 +189,8 @@ def _cell(value: str, stuck: bool) -> Text:
     return Text(f"{value} !" if stuck else value, style=STUCK if stuck else "")
 
 
-def _renderables(overview: Overview) -> list[Any]:
+def _renderables(snapshot: Snapshot) -> list[Any]:
+    overview = snapshot.queues
     taken = overview.taken_at.strftime("%Y-%m-%d %H:%M:%S %Z")
     queues = Table(
         title=Text(f"pg_queue queues at {taken}"),
@@ -211,7 +233,62 @@ def _renderables(overview: Overview) -> list[Any]:
         )
     items: list[Any] = [queues if overview.queues else Text("No queues: nothing queued yet.")]
     items.append(workers if overview.workers else Text("No worker is registered."))
+    items += _workflow_renderables(snapshot.workflows)
     items.append(_problems(overview))
+    return items
+
+
+def _workflow_renderables(flows: WorkflowOverview) -> list[Any]:
+    """The held locks and the running groups/chains: a table each, or a line saying none."""
+    items: list[Any] = []
+    if flows.locks:
+        locks = Table(
+            title=Text(f"resource locks ({flows.locks_total} held)"),
+            box=box.SIMPLE_HEAVY,
+            title_justify="left",
+        )
+        for header in ("key", "holder", "holder id", "task", "age", "expires"):
+            locks.add_column(
+                header,
+                justify="right" if header == "age" else "left",
+                overflow="fold",
+                no_wrap=header not in ("key", "holder id"),
+            )
+        for lock in flows.locks:
+            locks.add_row(
+                Text(lock.resource_key),
+                Text(lock.holder_kind),
+                Text(lock.holder_id),
+                "-" if lock.task_id is None else str(lock.task_id),
+                format_age(lock.age_seconds),
+                format_expiry(lock.expires_in_seconds),
+            )
+        items.append(locks)
+        if flows.locks_more:
+            items.append(Text(f"  ... and {flows.locks_more} more held lock(s)"))
+    else:
+        items.append(Text("No resource lock is held."))
+    if flows.groups:
+        groups = Table(
+            title=Text(f"running groups and chains ({flows.groups_total})"),
+            box=box.SIMPLE_HEAVY,
+            title_justify="left",
+        )
+        for header in ("id", "kind", "finished", "failed", "age"):
+            groups.add_column(header, justify="left" if header in ("id", "kind") else "right")
+        for g in flows.groups:
+            groups.add_row(
+                str(g.group_id),
+                Text(g.kind),
+                f"{g.finished}/{g.total}",
+                str(g.failed),
+                format_age(g.age_seconds),
+            )
+        items.append(groups)
+        if flows.groups_more:
+            items.append(Text(f"  ... and {flows.groups_more} more running"))
+    else:
+        items.append(Text("No group or chain is running."))
     return items
 
 

@@ -13,7 +13,7 @@ from django.db import connection
 from django.db.models import Func
 from django.db.models.functions import Now
 
-from pg_queue.models import DeadLetter, Job, TaskResult, Worker
+from pg_queue.models import DeadLetter, Job, JobGroup, ResourceLock, TaskResult, Worker
 
 
 class _Shift(Func):
@@ -136,6 +136,46 @@ def worker(worker_id: str, *, queues: list[str], heartbeat_ago: float = 1.0, **f
     return row
 
 
+def lock(
+    key: str,
+    *,
+    holder_kind: str = "worker",
+    holder_id: str = "web-1-4242-a1b2",
+    held_for: float = 60.0,
+    expires_in: float | None = None,
+    task_id: uuid.UUID | None = None,
+    **f: Any,
+) -> ResourceLock:
+    """A lock row: a job's (``worker``, no expiry; a task id of its own unless given) or, with
+    ``expires_in`` (negative: expired), one taken by code outside the worker."""
+    ResourceLock.objects.create(
+        resource_key=key,
+        holder_kind=holder_kind,
+        holder_id=holder_id,
+        task_id=task_id or (uuid.uuid4() if holder_kind == "worker" else None),
+        acquired_at=ago(held_for),
+        expires_at=None if expires_in is None else later(expires_in),
+        **f,
+    )
+    return ResourceLock.objects.get(pk=key)
+
+
+def job_group(
+    *, kind: str = "group", total: int = 3, finished: int = 0, failed: int = 0, **f: Any
+) -> JobGroup:
+    """A group (or chain) row alone, without children: for lists and their query counts."""
+    status = f.pop("status", "running" if finished < total else "succeeded")
+    return JobGroup.objects.create(
+        group_id=f.pop("group_id", None) or uuid.uuid4(),
+        kind=kind,
+        total=total,
+        finished=finished,
+        failed=failed,
+        status=status,
+        **f,
+    )
+
+
 def keep_alive(*worker_ids: str, lease: float = 30.0) -> None:
     """What live workers do all the time: renew their heartbeat and their running jobs' leases.
 
@@ -227,8 +267,10 @@ __all__ = [
     "busy_queues",
     "dead_letter",
     "job",
+    "job_group",
     "jobs",
     "keep_alive",
     "later",
+    "lock",
     "result",
 ]

@@ -61,10 +61,12 @@ def _one_row_each() -> None:
     factory.dead_letter(queue="q", id=12)
     factory.result(queue="q")
     factory.worker("w1", queues=["q"])
+    factory.lock("rag:/data/1")
+    factory.job_group()
 
 
 def test_every_pg_queue_model_admin_is_looped_over():
-    assert ADMIN_IDS == ["deadletter", "job", "taskresult", "worker"]
+    assert ADMIN_IDS == ["deadletter", "job", "jobgroup", "resourcelock", "taskresult", "worker"]
 
 
 # --- numbers that are not ASCII numbers --------------------------------------------------------
