@@ -17,3 +17,16 @@ def noop(n: int) -> int:
 def echo(n: int) -> int:
     """The same no-op with its result stored (the default for tasks)."""
     return n
+
+
+@task(name="pg_queue.bench.add", queue=BENCH_QUEUE)
+def add(a: int, b: int) -> int:
+    """A group's child: its result is stored, since the group's callback is given them all."""
+    return a + b
+
+
+@task(name="pg_queue.bench.group_done", queue=BENCH_QUEUE)
+def group_done(results: list[int], token: str) -> dict[str, object]:
+    """A group's ``on_success``: the bench finds its outcome (and so its start time) by
+    ``token``, and checks that every child's result reached it."""
+    return {"token": token, "n": len(results), "sum": sum(results)}

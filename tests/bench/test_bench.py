@@ -1,7 +1,7 @@
 """Smoke test of ``pg_queue_bench``: every workload runs end to end on tiny sizes.
 
 No timing is asserted (the machine is shared); only that each workload produces its figures and
-cleans up after itself.
+cleans up after itself. The A/B workloads (locks, group) run one repetition of each variant.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from pg_queue.models import Job, TaskResult, Worker
+from pg_queue.models import Job, JobGroup, ResourceLock, TaskResult, Worker
 
 
 @pytest.mark.slow
@@ -26,6 +26,24 @@ from pg_queue.models import Job, TaskResult, Worker
         ("latency", 20, {"wake-ups on", "wake-ups off (poll)"}),
         ("rpc", 20, {"wake-ups on", "wake-ups off (poll)"}),
         ("scale", 2000, None),
+        (
+            "locks",
+            200,
+            {
+                "keyless drain, no key held",
+                "keyless drain, 1 key held + 1,000 of its jobs ahead",
+                "keyed drain over 8 keys (one job per key at a time)",
+            },
+        ),
+        (
+            "group",
+            50,
+            {
+                "50 plain jobs: enqueue -> last finished",
+                "group of 50: enqueue -> group ended",
+                "group of 50: enqueue -> on_success started",
+            },
+        ),
     ],
 )
 def test_bench_workload_reports_figures_and_cleans_up(
@@ -34,7 +52,7 @@ def test_bench_workload_reports_figures_and_cleans_up(
     for key, value in worker_env.items():  # the bench's workers must use the test database
         monkeypatch.setenv(key, value)
     out = io.StringIO()
-    call_command("pg_queue_bench", workload=workload, n=n, json=True, stdout=out)
+    call_command("pg_queue_bench", workload=workload, n=n, reps=1, json=True, stdout=out)
     lines = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
     assert lines, out.getvalue()
     assert {line["workload"] for line in lines} == {workload}
@@ -48,6 +66,12 @@ def test_bench_workload_reports_figures_and_cleans_up(
         assert all(0 < line["worker_rss_mb"] < 1000 for line in lines)
     if workload == "scale":
         assert any("ratio_to_shallow" in line for line in lines)
+    if workload == "locks":
+        assert any("ratio_to_free" in line for line in lines)
+    if workload == "group":
+        assert any("ratio_to_plain" in line for line in lines)
     assert not Job.objects.filter(queue_name="pg_queue_bench").exists()
     assert not TaskResult.objects.filter(queue_name="pg_queue_bench").exists()
     assert not Worker.objects.exists()
+    assert not JobGroup.objects.exists()
+    assert not ResourceLock.objects.exists()

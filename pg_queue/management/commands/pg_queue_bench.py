@@ -21,22 +21,41 @@ from pg_queue.bench import runner as bench
 from pg_queue.core.conf import queue_settings
 from pg_queue.management.commands._cli import require_rich
 
-WORKLOADS = ("drain", "enqueue", "latency", "rpc", "scale", "all")
-DEFAULT_N = {"drain": 20_000, "enqueue": 5_000, "latency": 1_000, "rpc": 500, "scale": 1_000_000}
+WORKLOADS = ("drain", "enqueue", "latency", "rpc", "scale", "locks", "group", "all")
+DEFAULT_N = {
+    "drain": 20_000,
+    "enqueue": 5_000,
+    "latency": 1_000,
+    "rpc": 500,
+    "scale": 1_000_000,
+    "locks": 20_000,
+    "group": 1_000,
+}
+#: Interleaved repetitions of each variant of the A/B workloads (their figures are medians).
+DEFAULT_REPS = 3
 
 
 class Command(BaseCommand):
-    help = "Benchmark pg_queue: drain, enqueue, latency, rpc and scale workloads."
+    help = "Benchmark pg_queue: drain, enqueue, latency, rpc, scale, locks and group workloads."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--workload", choices=WORKLOADS, default="all")
         parser.add_argument("--n", type=int, default=None, help="jobs (default per workload)")
+        parser.add_argument(
+            "--reps",
+            type=int,
+            default=DEFAULT_REPS,
+            help=f"repetitions of each variant of locks and group (medians; {DEFAULT_REPS})",
+        )
         parser.add_argument("--json", action="store_true", help="one JSON line per figure")
 
     def handle(self, *args: Any, **options: Any) -> None:
         n = options["n"]
         if n is not None and n < 1:
             raise CommandError(f"--n must be >= 1, got {n}")
+        reps = options["reps"]
+        if reps < 1:
+            raise CommandError(f"--reps must be >= 1, got {reps}")
         require_rich(_RICH_MISSING, "pg_queue_bench")
         console = Console(stderr=options["json"])
         conf = queue_settings()
@@ -65,7 +84,7 @@ class Command(BaseCommand):
 
             try:
                 for workload in chosen:
-                    figures += self._run(workload, n or DEFAULT_N[workload], report)
+                    figures += self._run(workload, n or DEFAULT_N[workload], reps, report)
             finally:
                 bench.cleanup()
         if options["json"]:
@@ -75,7 +94,7 @@ class Command(BaseCommand):
             console.print(_table(figures))
 
     @staticmethod
-    def _run(workload: str, n: int, report: bench.Progress) -> list[bench.Figures]:
+    def _run(workload: str, n: int, reps: int, report: bench.Progress) -> list[bench.Figures]:
         if workload == "drain":
             return [
                 bench.workload_drain(n, store_results=False, progress=report),
@@ -93,6 +112,10 @@ class Command(BaseCommand):
                 bench.workload_rpc(n, notify=True, progress=report),
                 bench.workload_rpc(n, notify=False, progress=report),
             ]
+        if workload == "locks":
+            return bench.workload_locks(n, reps, progress=report)
+        if workload == "group":
+            return bench.workload_group(n, reps, progress=report)
         return bench.workload_scale(n, min(20_000, max(1, n // 10)), progress=report)
 
 
