@@ -432,7 +432,8 @@ class RoutingDispatcher:
             body = on_success.clone()
             if on_error is not None:
                 body.link_error(on_error)
-            sent = chord(sigs, body).apply_async()
+            # Bound to this dispatcher's app: unbound signatures would use current_app's backend.
+            sent = chord(sigs, body, app=self.celery_app).apply_async()
             header = cast(Any, sent.parent)  # the GroupResult of the children
             group_id, native = str(header.id), header
         logger.info(

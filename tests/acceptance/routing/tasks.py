@@ -1,11 +1,17 @@
 """Celery tasks the routing tests run on both workers (loaded with ``--include`` / ``-I``).
 
 Attempts are recorded in the side table ``routing_attempt`` (created by the ``attempts``
-fixture) with the database clock, so a test can check the delay between two attempts.
+fixture) with the database clock, so a test can check the delay between two attempts. Group
+children and callbacks record each run in ``routing_group_call`` (created by the ``calls``
+fixture of ``test_group_dispatch``) with the pid of the process that ran it, so a test can tell
+which worker ran what, and how many times.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from typing import Any
 
 from celery import shared_task
@@ -48,3 +54,38 @@ def retry_past_task_limit(self: Any, fail_times: int) -> dict[str, Any]:
     if self.request.retries < fail_times:
         raise self.retry(countdown=0.2, max_retries=fail_times + 1)
     return {"attempts": self.request.retries + 1}
+
+
+# --- groups (test_group_dispatch): every run is recorded in ``routing_group_call`` ---------------
+
+
+def record_group_call(kind: str, key: str, args: list[Any]) -> None:
+    """One row per run: what ran (``kind``), with which arguments, in which process."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO routing_group_call (kind, key, args, pid, at) "
+            "VALUES (%s, %s, %s::jsonb, %s, clock_timestamp())",
+            [kind, key, json.dumps(args), os.getpid()],
+        )
+
+
+@shared_task(name="tests.acceptance.routing.tasks.group_square")
+def group_square(n: int, key: str, delay: float = 0.0) -> int:
+    """A group child: sleeps ``delay`` seconds (to finish out of order), records, returns n*n."""
+    time.sleep(delay)
+    record_group_call("child", key, [n])
+    return n * n
+
+
+@shared_task(name="tests.acceptance.routing.tasks.group_done")
+def group_done(results: list[Any], key: str) -> dict[str, Any]:
+    """A group's on_success: ``cb(results, *own_args)``."""
+    record_group_call("on_success", key, [results, key])
+    return {"results": results, "key": key}
+
+
+@shared_task(name="tests.acceptance.routing.tasks.group_failed")
+def group_failed(group_id: str, failures: list[dict[str, str]], key: str) -> dict[str, Any]:
+    """A group's on_error on Postgres: ``eb(group_id, failures, *own_args)``."""
+    record_group_call("on_error", key, [group_id, failures, key])
+    return {"group_id": group_id, "failures": failures, "key": key}
