@@ -77,6 +77,9 @@ class Job(models.Model):
     # A child of a group or a step of a chain (JobGroup), and its place in it.
     group_id = models.UUIDField(null=True, blank=True)
     group_index = models.IntegerField(null=True, blank=True)
+    # A ready job waiting behind a live job of its resource key: out of the claim index until
+    # that job ends (its finish unparks the next one). See pg_queue/db/sql.py (_KEY_DONE).
+    parked = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         db_table = "pg_queue_message"
@@ -85,7 +88,7 @@ class Job(models.Model):
             models.Index(
                 fields=["queue_name", "-priority", "available_at", "msg_id"],
                 name="pg_queue_msg_claim_idx",
-                condition=models.Q(state="ready"),
+                condition=models.Q(state="ready", parked=False),
             ),
             # Serves the re-arm sweep and per-worker views: claimed rows only (as many as jobs
             # in flight), whose vt the sweep reads from the heap. vt itself is in no index, so a
@@ -95,6 +98,18 @@ class Job(models.Model):
                 fields=["worker_id"],
                 name="pg_queue_msg_claimed_idx",
                 condition=models.Q(state="claimed"),
+            ),
+            # Resource keys, keyed jobs only (keyless ones write no entry): is a key's job live
+            # (parking at enqueue), and a key's parked jobs in claim order (unparking).
+            models.Index(
+                fields=["resource_key"],
+                name="pg_queue_msg_key_live_idx",
+                condition=models.Q(resource_key__isnull=False, parked=False),
+            ),
+            models.Index(
+                fields=["resource_key", "-priority", "available_at", "msg_id"],
+                name="pg_queue_msg_key_parked_idx",
+                condition=models.Q(parked=True),
             ),
             # A group's queued children (admin, cancel): group members only, so jobs outside
             # groups write no entry.
@@ -112,6 +127,10 @@ class Job(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(state__in=["ready", "claimed"]), name="pg_queue_msg_state_ck"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(parked=False) | models.Q(state="ready"),
+                name="pg_queue_msg_parked_ck",
             ),
         ]
 

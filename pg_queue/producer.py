@@ -290,7 +290,13 @@ def _copy_rows(
                 given.add(row.task_id)
                 later.append(row)
                 continue
-            if row.dedup_key is not None or row.delay or row.eta is not None:
+            # Keyed jobs may have to be parked behind their key's live job: INSERT decides.
+            if (
+                row.dedup_key is not None
+                or row.delay
+                or row.eta is not None
+                or row.resource_key is not None
+            ):
                 later.append(row)
                 continue
             if copy is None:

@@ -14,11 +14,17 @@ JOB_INSERT = """
 WITH ins AS (
     INSERT INTO pg_queue_message (
         task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
-        max_attempts, tenant_key, resource_key, dedup_key
+        max_attempts, tenant_key, resource_key, dedup_key, parked
     ) VALUES (
         %(task_id)s, %(queue)s, %(task_name)s, %(payload)s::jsonb, %(priority)s, now(),
         COALESCE(%(eta)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-        %(max_attempts)s, %(tenant_key)s, %(resource_key)s, %(dedup_key)s
+        %(max_attempts)s, %(tenant_key)s, %(resource_key)s, %(dedup_key)s,
+        %(resource_key)s::text IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_queue_message AS o
+            WHERE o.resource_key = %(resource_key)s AND NOT o.parked
+              AND (o.state = 'claimed' OR o.available_at
+                   <= COALESCE(%(eta)s::timestamptz, now() + make_interval(secs => %(delay)s)))
+        )
     )
     ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
     RETURNING task_id
@@ -30,29 +36,44 @@ JOB_BY_DEDUP_KEY = """
 SELECT task_id, task_name, queue_name FROM pg_queue_message WHERE dedup_key = %(dedup_key)s
 """
 
-#: Bulk path for immediate jobs; the omitted columns take their database defaults (now(), ...).
+#: Bulk path for immediate keyless jobs; the omitted columns take their database defaults
+#: (now(), ...). Jobs with a resource key go through ``JOB_INSERT_MANY``, which parks them.
 JOB_COPY = """
 COPY pg_queue_message (
     task_id, queue_name, task_name, payload, priority, max_attempts, tenant_key, resource_key
 ) FROM STDIN
 """
 
-#: Bulk path for delayed jobs: one statement per chunk.
+#: Bulk path for delayed, keyed, grouped jobs: one statement per chunk, rows in the order given.
+#: A keyed job is parked (see ``_KEY_DONE``) behind a live job of its key that is claimed or due
+#: no later than it, in the table or earlier in this batch.
 JOB_INSERT_MANY = """
 INSERT INTO pg_queue_message (
     task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
-    max_attempts, tenant_key, resource_key, group_id, group_index
+    max_attempts, tenant_key, resource_key, group_id, group_index, parked
 )
-SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority, now(),
-       COALESCE(t.eta, now() + make_interval(secs => t.delay)), t.max_attempts,
-       t.tenant_key, t.resource_key, t.group_id, t.group_index
-FROM unnest(
-    %(task_ids)s::uuid[], %(queues)s::text[], %(task_names)s::text[], %(payloads)s::text[],
-    %(priorities)s::smallint[], %(delays)s::float8[], %(etas)s::timestamptz[],
-    %(max_attempts)s::int[], %(tenant_keys)s::text[], %(resource_keys)s::text[],
-    %(group_ids)s::uuid[], %(group_indexes)s::int[]
-) AS t(task_id, queue_name, task_name, payload, priority, delay, eta, max_attempts,
-       tenant_key, resource_key, group_id, group_index)
+SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority, now(), t.due,
+       t.max_attempts, t.tenant_key, t.resource_key, t.group_id, t.group_index,
+       t.resource_key IS NOT NULL AND (t.nth > 1 OR EXISTS (
+           SELECT 1 FROM pg_queue_message AS o
+           WHERE o.resource_key = t.resource_key AND NOT o.parked
+             AND (o.state = 'claimed' OR o.available_at <= t.due)
+       ))
+FROM (
+    SELECT u.*, row_number() OVER (PARTITION BY u.resource_key ORDER BY u.due, u.ord) AS nth
+    FROM (
+        SELECT v.*, COALESCE(v.eta, now() + make_interval(secs => v.delay)) AS due
+        FROM unnest(
+            %(task_ids)s::uuid[], %(queues)s::text[], %(task_names)s::text[],
+            %(payloads)s::text[], %(priorities)s::smallint[], %(delays)s::float8[],
+            %(etas)s::timestamptz[], %(max_attempts)s::int[], %(tenant_keys)s::text[],
+            %(resource_keys)s::text[], %(group_ids)s::uuid[], %(group_indexes)s::int[]
+        ) WITH ORDINALITY AS v(task_id, queue_name, task_name, payload, priority, delay, eta,
+                               max_attempts, tenant_key, resource_key, group_id, group_index,
+                               ord)
+    ) AS u
+) AS t
+ORDER BY t.ord
 """
 
 #: Which of the task ids a caller gave are taken, and by what (enqueue refuses to reuse them).
@@ -82,7 +103,8 @@ JOB_CLAIM = """
 WITH picked AS (
     SELECT m.msg_id, m.task_id, m.resource_key, m.priority, m.available_at
     FROM pg_queue_message AS m
-    WHERE m.state = 'ready' AND m.queue_name = %(queue)s AND m.available_at <= now()
+    WHERE m.state = 'ready' AND NOT m.parked AND m.queue_name = %(queue)s
+      AND m.available_at <= now()
       AND (m.resource_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM pg_resource_lock AS l
           WHERE l.resource_key = m.resource_key
@@ -146,13 +168,29 @@ SELECT EXISTS (
 
 # --- finish ----------------------------------------------------------------------------------
 
-#: The ``unlocked`` step of every statement that ends a claim (ack, retry, bury, cancel,
-#: release, re-arm) from a CTE named ``done``: the job's resource lock goes in the same
-#: transaction. Keyless rows are filtered out before the primary-key lookup.
-_UNLOCK_DONE = """
+#: The ``unlocked`` and ``unparked`` steps of every statement that ends a claim (ack, retry,
+#: bury, cancel, release, re-arm) from a CTE named ``done``, in the same transaction: the
+#: job's resource lock goes, and the next due job of its key is unparked.
+#:
+#: Parked rows (``parked``, always ``ready``) are a key's later jobs: out of the claim index,
+#: so a key with a long backlog costs each claim one row (its unparked head), not its whole
+#: backlog. The maintenance pass (``KEY_UNPARK_SWEEP``) unparks the head of any key whose
+#: unparked job went another way (cancelled, purged, a parked row committed after its head's
+#: finish looked).
+_KEY_DONE = """
     DELETE FROM pg_resource_lock AS l USING done AS d
     WHERE d.resource_key IS NOT NULL AND l.resource_key = d.resource_key
       AND l.task_id = d.task_id
+), unparked AS (
+    UPDATE pg_queue_message AS p SET parked = false
+    FROM (SELECT DISTINCT resource_key FROM done WHERE resource_key IS NOT NULL) AS k
+    CROSS JOIN LATERAL (
+        SELECT n.msg_id FROM pg_queue_message AS n
+        WHERE n.resource_key = k.resource_key AND n.parked AND n.available_at <= now()
+        ORDER BY n.priority DESC, n.available_at, n.msg_id
+        LIMIT 1
+    ) AS next_job
+    WHERE p.msg_id = next_job.msg_id AND p.parked
 """
 
 #: Ack a batch of successes: delete the rows we still own and store outcomes for those whose
@@ -172,7 +210,7 @@ WITH a AS (
     RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.attempts, m.enqueued_at,
               m.resource_key, m.group_id, m.group_index, a.k, a.r, a.s
 ), unlocked AS ("""
-    + _UNLOCK_DONE
+    + _KEY_DONE
     + """), stored AS (
     INSERT INTO pg_task_result (
         task_id, status, result, error, traceback, task_name, queue_name, attempts,
@@ -222,7 +260,7 @@ FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[], %(delays)s::float8[], %(e
 WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
 RETURNING m.msg_id, m.task_id, m.resource_key
 ), unlocked AS ("""
-    + _UNLOCK_DONE
+    + _KEY_DONE
     + """)
 SELECT msg_id FROM done
 """
@@ -251,7 +289,7 @@ WITH gone AS (
 ), done AS (
     SELECT * FROM gone
 ), unlocked AS ("""
-    + _UNLOCK_DONE
+    + _KEY_DONE
     + """), why AS (
     SELECT * FROM unnest(
         %(msg_ids)s::bigint[], %(reasons)s::text[], %(errors)s::text[], %(tracebacks)s::text[],
@@ -297,7 +335,7 @@ WITH gone AS (
 ), done AS (
     SELECT * FROM gone
 ), unlocked AS ("""
-    + _UNLOCK_DONE
+    + _KEY_DONE
     + """), why AS (
     SELECT * FROM unnest(%(msg_ids)s::bigint[], %(errors)s::text[]) AS e(msg_id, error)
 ), outcomes AS (
@@ -359,7 +397,7 @@ FROM unnest(%(msg_ids)s::bigint[], %(tokens)s::uuid[], %(refund)s::boolean[])
 WHERE m.msg_id = a.msg_id AND m.lease_token = a.lease_token AND m.state = 'claimed'
 RETURNING m.msg_id, m.task_id, m.resource_key
 ), unlocked AS ("""
-    + _UNLOCK_DONE
+    + _KEY_DONE
     + """)
 SELECT msg_id FROM done
 """
@@ -383,7 +421,7 @@ FROM expired
 WHERE m.msg_id = expired.msg_id AND m.state = 'claimed' AND m.vt < now()
 RETURNING m.msg_id, m.task_id, m.queue_name, m.resource_key
 ), unlocked AS ("""
-    + _UNLOCK_DONE
+    + _KEY_DONE
     + """)
 SELECT msg_id, task_id, queue_name FROM done
 """
@@ -409,7 +447,7 @@ WITH expired AS (
 ), done AS (
     SELECT * FROM gone
 ), unlocked AS ("""
-    + _UNLOCK_DONE
+    + _KEY_DONE
     + """), letters AS (
     INSERT INTO pg_queue_dead_letter (
         task_id, queue_name, task_name, payload, reason, last_error, traceback, attempts,

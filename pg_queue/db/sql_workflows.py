@@ -69,6 +69,26 @@ WHERE (l.expires_at IS NOT NULL AND l.expires_at <= now())
 RETURNING resource_key, holder_kind, holder_id
 """
 
+#: Run by every worker's maintenance: unpark the head of each key that has due parked jobs but
+#: no unparked job claimed or due (its head was cancelled or purged, or a parked job committed
+#: after its head's finish looked for it). Reads the parked index in key order.
+KEY_UNPARK_SWEEP = """
+UPDATE pg_queue_message AS p SET parked = false
+FROM (
+    SELECT DISTINCT ON (n.resource_key) n.msg_id, n.resource_key
+    FROM pg_queue_message AS n
+    WHERE n.parked AND n.available_at <= now()
+    ORDER BY n.resource_key, n.priority DESC, n.available_at, n.msg_id
+) AS head
+WHERE p.msg_id = head.msg_id AND p.parked
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_queue_message AS o
+      WHERE o.resource_key = head.resource_key AND NOT o.parked
+        AND (o.state = 'claimed' OR o.available_at <= now())
+  )
+RETURNING p.resource_key
+"""
+
 # --- groups and chains ---------------------------------------------------------------------
 
 GROUP_INSERT = """

@@ -145,6 +145,12 @@ class Maintenance(Service):
                 kind,
                 holder,
             )
+        unparked = conn.execute(sql_workflows.KEY_UNPARK_SWEEP).fetchall()
+        if unparked:
+            logger.info(
+                "unparked the next job of keys whose head went away keys=%s",
+                ",".join(sorted(row[0] for row in unparked)[:20]),
+            )
 
     def _rearm_exhausted(self, conn: psycopg.Connection[Any]) -> int:
         """Dead-letter expired last attempts; fire their on_error in the same transaction."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,9 +18,12 @@ from django.db import connection
 from pg_queue import ResourceLocked, resource_lock, task
 from pg_queue.core.exceptions import ConfigurationError
 from pg_queue.core.outcomes import Bury, ClaimedJob, RetryLater, Success
+from pg_queue.core.payload import loads
 from pg_queue.db import connection as db_connection
-from pg_queue.db import queries
+from pg_queue.db import queries, sql, sql_workflows
 from pg_queue.models import Job, ResourceLock
+from pg_queue.ops import operations
+from pg_queue.producer import enqueue_many
 from pg_queue.workflows.locks import force_release, locks
 from workers import tasks
 
@@ -36,6 +40,10 @@ def conn() -> Iterator[psycopg.Connection[Any]]:
 
 def claim(conn: psycopg.Connection[Any], limit: int = 100) -> list[ClaimedJob]:
     return queries.job_claim(conn, queue="default", limit=limit, lease=LEASE, worker_id="w1")
+
+
+def args_of(msg: ClaimedJob) -> list[Any]:
+    return loads(msg.payload_text)["args"]
 
 
 def held() -> dict[str, tuple[str, Any]]:
@@ -183,6 +191,72 @@ def test_each_claim_takes_at_most_one_job_per_key(conn: psycopg.Connection[Any])
     claimed = claim(conn)
     assert len(claimed) == 2
     assert set(held()) == {"k1", "k2"}
+
+
+def parked() -> dict[int, bool]:
+    """Each job's first argument and whether it is parked."""
+    return {row.payload["args"][0]: row.parked for row in Job.objects.all()}
+
+
+def test_a_keys_later_jobs_are_parked_and_each_finish_unparks_the_next(
+    conn: psycopg.Connection[Any],
+) -> None:
+    enqueue_many([tasks.add.using(resource_key="rag:/p").job(i, i) for i in range(5)])
+    tasks.add.using(resource_key="rag:/p").enqueue(5, 5)  # single enqueue: parked as well
+    tasks.add.enqueue(9, 9)
+    assert parked() == {0: False, 1: True, 2: True, 3: True, 4: True, 5: True, 9: False}
+    order = []
+    for _ in range(6):
+        keyed = [m for m in claim(conn) if args_of(m) != [9, 9]]
+        assert len(keyed) == 1  # one live job of the key at a time
+        order.append(args_of(keyed[0])[0])
+        assert queries.job_ack(conn, [Success(keyed[0], "0", keyed[0].claimed_at)], ttl=60)
+    assert order == [0, 1, 2, 3, 4, 5]
+    assert held() == {}
+
+
+def test_a_delayed_job_of_a_key_parks_nothing_due_before_it() -> None:
+    tasks.add.using(resource_key="rag:/q", delay=3600).enqueue(0, 0)
+    tasks.add.using(resource_key="rag:/q").enqueue(1, 1)
+    tasks.add.using(resource_key="rag:/q", delay=7200).enqueue(2, 2)
+    assert parked() == {0: False, 1: False, 2: True}
+
+
+def test_a_parked_job_whose_head_was_cancelled_is_unparked_by_the_sweep(
+    conn: psycopg.Connection[Any],
+) -> None:
+    head = tasks.add.using(resource_key="rag:/r").enqueue(0, 0)
+    tasks.add.using(resource_key="rag:/r").enqueue(1, 1)
+    operations.jobs_cancel(task_ids=[head.task_id], actor="alice")
+    assert claim(conn) == []  # the parked job is not a candidate
+    assert conn.execute(sql_workflows.KEY_UNPARK_SWEEP).fetchall() == [("rag:/r",)]
+    assert conn.execute(sql_workflows.KEY_UNPARK_SWEEP).fetchall() == []
+    [msg] = claim(conn)
+    assert args_of(msg) == [1, 1]
+
+
+def test_a_claim_reads_one_row_of_a_key_however_long_its_backlog(
+    conn: psycopg.Connection[Any],
+) -> None:
+    enqueue_many([tasks.add.using(resource_key="rag:/s").job(i, i) for i in range(2000)])
+    enqueue_many([tasks.add.job(i, i) for i in range(10)])
+    conn.execute("ANALYZE pg_queue_message")
+    with resource_lock("rag:/s", holder_kind="cli", ttl=30), conn.transaction():
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN (ANALYZE, COSTS OFF) " + sql.JOB_CLAIM,
+                {"queue": "default", "limit": 100, "lease": 30, "worker_id": "w"},
+            ).fetchall()
+        )
+        conn.execute("ROLLBACK")  # leave the rows unclaimed
+    # The held key's 1,999 parked jobs are not in the claim index: only its head is read and
+    # filtered out.
+    start = plan.index("Index Scan using pg_queue_msg_claim_idx")
+    scan = plan[start : plan.index("CTE first_of_key")]
+    removed = re.search(r"Rows Removed by Filter: (\d+)", scan)
+    assert removed is not None, plan
+    assert int(removed.group(1)) == 1, plan
 
 
 # --- @task(resource_key=...) ----------------------------------------------------------------
