@@ -18,6 +18,7 @@ else:
     _RICH_MISSING = None
 
 from pg_queue.bench import runner as bench
+from pg_queue.bench import workflows as workflow_bench
 from pg_queue.core.conf import queue_settings
 from pg_queue.management.commands._cli import require_rich
 
@@ -47,6 +48,13 @@ class Command(BaseCommand):
             default=DEFAULT_REPS,
             help=f"repetitions of each variant of locks and group (medians; {DEFAULT_REPS})",
         )
+        parser.add_argument(
+            "--held",
+            type=int,
+            default=workflow_bench.HELD_BACKLOG,
+            help="locks: jobs of the held key queued ahead of the keyless ones "
+            f"(default {workflow_bench.HELD_BACKLOG:,})",
+        )
         parser.add_argument("--json", action="store_true", help="one JSON line per figure")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -56,6 +64,9 @@ class Command(BaseCommand):
         reps = options["reps"]
         if reps < 1:
             raise CommandError(f"--reps must be >= 1, got {reps}")
+        held = options["held"]
+        if held < 1:
+            raise CommandError(f"--held must be >= 1, got {held}")
         require_rich(_RICH_MISSING, "pg_queue_bench")
         console = Console(stderr=options["json"])
         conf = queue_settings()
@@ -84,7 +95,7 @@ class Command(BaseCommand):
 
             try:
                 for workload in chosen:
-                    figures += self._run(workload, n or DEFAULT_N[workload], reps, report)
+                    figures += self._run(workload, n or DEFAULT_N[workload], reps, held, report)
             finally:
                 bench.cleanup()
         if options["json"]:
@@ -94,7 +105,9 @@ class Command(BaseCommand):
             console.print(_table(figures))
 
     @staticmethod
-    def _run(workload: str, n: int, reps: int, report: bench.Progress) -> list[bench.Figures]:
+    def _run(
+        workload: str, n: int, reps: int, held: int, report: bench.Progress
+    ) -> list[bench.Figures]:
         if workload == "drain":
             return [
                 bench.workload_drain(n, store_results=False, progress=report),
@@ -113,9 +126,9 @@ class Command(BaseCommand):
                 bench.workload_rpc(n, notify=False, progress=report),
             ]
         if workload == "locks":
-            return bench.workload_locks(n, reps, progress=report)
+            return workflow_bench.workload_locks(n, reps, progress=report, held_backlog=held)
         if workload == "group":
-            return bench.workload_group(n, reps, progress=report)
+            return workflow_bench.workload_group(n, reps, progress=report)
         return bench.workload_scale(n, min(20_000, max(1, n // 10)), progress=report)
 
 
