@@ -15,7 +15,7 @@ import orjson
 
 from pg_queue.core.conf import RESULT_CHANNEL
 from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, RetryLater, Success
-from pg_queue.db import sql
+from pg_queue.db import sql, sql_worker
 
 if TYPE_CHECKING:  # psycopg is imported by whoever opens the connection
     import psycopg
@@ -215,12 +215,12 @@ def job_insert_many(conn: psycopg.Connection[Any], params: dict[str, Any]) -> No
 
 def result_sweep(conn: psycopg.Connection[Any], *, limit: int) -> int:
     """Delete up to ``limit`` expired results."""
-    return conn.execute(sql.RESULT_SWEEP, {"limit": limit}).rowcount
+    return conn.execute(sql_worker.RESULT_SWEEP, {"limit": limit}).rowcount
 
 
 def vacuum_warning(conn: psycopg.Connection[Any]) -> str | None:
     """Why the queue table will not be autovacuumed, or None if nothing stops it."""
-    row = conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()
+    row = conn.execute(sql_worker.QUEUE_VACUUM_STATE).fetchone()
     if row is None:
         return None
     server_off, table_off = row

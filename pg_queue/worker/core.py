@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 
 from pg_queue.core.conf import NOTIFY_CHANNEL, queue_settings
-from pg_queue.db import connection, queries, sql
+from pg_queue.db import connection, queries, sql_worker
 from pg_queue.db.notify import Listener
 from pg_queue.worker.coordinator import Coordinator
 from pg_queue.worker.events import Events
@@ -341,7 +341,7 @@ class Worker:
     def _register(self) -> None:
         assert self.coordinator.conn is not None
         self.coordinator.conn.execute(
-            sql.WORKER_REGISTER,
+            sql_worker.WORKER_REGISTER,
             {
                 "worker_id": self.worker_id,
                 "hostname": socket.gethostname(),
@@ -375,7 +375,7 @@ class Worker:
                     len(released),
                     len(started & set(released)),
                 )
-            conn.execute(sql.WORKER_UNREGISTER, {"worker_id": self.worker_id})
+            conn.execute(sql_worker.WORKER_UNREGISTER, {"worker_id": self.worker_id})
         except _DB_ERRORS as exc:
             logger.error(
                 "shutdown could not reach the database worker_id=%s error=%s; leases will "

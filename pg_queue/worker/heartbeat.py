@@ -22,7 +22,7 @@ import psycopg
 
 from pg_queue import metrics
 from pg_queue.core.conf import QueueSettings
-from pg_queue.db import queries, sql
+from pg_queue.db import queries, sql_worker
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.service import Service
 from pg_queue.worker.stats import WorkerStats
@@ -85,7 +85,7 @@ class Heartbeat(Service):
                 self._conn = self.connect()
             self._renew(self._conn)
             self._conn.execute(
-                sql.WORKER_HEARTBEAT,
+                sql_worker.WORKER_HEARTBEAT,
                 {
                     "worker_id": self.worker_id,
                     "state": "stopping" if self.stopping_worker() else "running",

@@ -29,7 +29,7 @@ from pg_queue import metrics
 from pg_queue.core.conf import QueueSettings
 from pg_queue.core.continuations import error_spec, lenient_on_error
 from pg_queue.core.options import JobSpec
-from pg_queue.db import queries, sql, sql_workflows
+from pg_queue.db import queries, sql_worker, sql_workflows
 from pg_queue.models import DeadLetterReason
 from pg_queue.signals import chain_finished, group_finished, job_failed
 from pg_queue.worker.continuations import enqueue_continuations
@@ -134,7 +134,7 @@ class Maintenance(Service):
                 buried,
             )
         conn.execute(
-            sql.WORKER_PRUNE,
+            sql_worker.WORKER_PRUNE,
             {"stale": max(3 * self.conf.lease_seconds, WORKER_ROW_STALE_MIN)},
         )
         for key, kind, holder in conn.execute(sql_workflows.LOCK_SWEEP).fetchall():

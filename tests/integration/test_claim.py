@@ -23,7 +23,7 @@ from django.db import connection
 from pg_queue.core.outcomes import Bury, ClaimedJob, RetryLater, Success
 from pg_queue.core.payload import loads
 from pg_queue.db import connection as db_connection
-from pg_queue.db import queries, sql
+from pg_queue.db import queries, sql_worker
 from pg_queue.models import DeadLetter, Job, TaskResult
 from pg_queue.producer import enqueue, enqueue_many, job
 from workers import tasks
@@ -473,17 +473,17 @@ def test_worker_connections_plan_every_claim_for_the_current_table_size():
 
 
 def test_vacuum_warning_names_what_keeps_the_queue_table_from_being_vacuumed(conn):
-    server_off, table_off = conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()
+    server_off, table_off = conn.execute(sql_worker.QUEUE_VACUUM_STATE).fetchone()
     assert server_off is (conn.execute("SHOW autovacuum").fetchone()[0] == "off")
     assert table_off is False
     expected = "autovacuum is off on this server" if server_off else None
     assert queries.vacuum_warning(conn) == expected
     conn.execute("ALTER TABLE pg_queue_message SET (autovacuum_enabled = false)")
     try:
-        assert conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()[1] is True
+        assert conn.execute(sql_worker.QUEUE_VACUUM_STATE).fetchone()[1] is True
         assert queries.vacuum_warning(conn) == (
             expected or "autovacuum is disabled for pg_queue_message (autovacuum_enabled=false)"
         )
     finally:
         conn.execute("ALTER TABLE pg_queue_message RESET (autovacuum_enabled)")
-    assert conn.execute(sql.QUEUE_VACUUM_STATE).fetchone()[1] is False
+    assert conn.execute(sql_worker.QUEUE_VACUUM_STATE).fetchone()[1] is False
