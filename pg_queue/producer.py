@@ -373,7 +373,8 @@ def _insert_row(cursor: Any, row: JobRow, using: str, *, notify: bool) -> JobHan
 
 def _insert_many(cursor: Any, rows: list[JobRow]) -> None:
     """One multi-row INSERT for delayed rows (``available_at`` computed by the database)."""
-    cursor.execute(sql.JOB_INSERT_MANY, _bulk_params(rows))
+    params = _bulk_params(rows)
+    cursor.execute(sql.insert_many(params), params)
 
 
 def bulk_params(

@@ -64,7 +64,7 @@ def via_bulk_params(args: Any, kwargs: Any, **options: Any) -> list[uuid.UUID]:
     spec = JobSpec(echo.name, args, kwargs, EnqueueOptions(**options), **fields)
     params = bulk_params([spec])
     with connection.cursor() as cursor:
-        cursor.execute(sql.JOB_INSERT_MANY, params)
+        cursor.execute(sql.insert_many(params), params)
     return list(params["task_ids"])
 
 

@@ -210,7 +210,7 @@ def job_rearm_exhausted(
 
 def job_insert_many(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
     """Insert rows prepared by ``producer.bulk_params`` (continuations from the worker)."""
-    conn.execute(sql.JOB_INSERT_MANY, params)
+    conn.execute(sql.insert_many(params), params)
 
 
 def result_sweep(conn: psycopg.Connection[Any], *, limit: int) -> int:

@@ -7,6 +7,9 @@ lease (crashed, paused, partitioned) can never finish, fail or renew a job someo
 Parameters are named (``%(name)s``); arrays are passed as Python lists.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 # --- enqueue ---------------------------------------------------------------------------------
 
 #: One row. ON CONFLICT covers only the partial unique dedup index; RETURNING nothing means a
@@ -45,37 +48,62 @@ COPY pg_queue_message (
 ) FROM STDIN
 """
 
-#: Bulk path for delayed, keyed, grouped jobs: one statement per chunk, rows in the order given.
-#: A keyed job is parked (see ``_KEY_DONE``) behind a live job of its key that is claimed or due
-#: no later than it, in the table or earlier in this batch.
-JOB_INSERT_MANY = """
+#: The rows of a bulk INSERT, one array per column, as ``bulk_params`` makes them.
+_BULK_ROWS = """unnest(
+    %(task_ids)s::uuid[], %(queues)s::text[], %(task_names)s::text[], %(payloads)s::text[],
+    %(priorities)s::smallint[], %(delays)s::float8[], %(etas)s::timestamptz[],
+    %(max_attempts)s::int[], %(tenant_keys)s::text[], %(resource_keys)s::text[],
+    %(group_ids)s::uuid[], %(group_indexes)s::int[]
+) WITH ORDINALITY AS t(task_id, queue_name, task_name, payload, priority, delay, eta,
+                       max_attempts, tenant_key, resource_key, group_id, group_index, ord)"""
+
+#: Bulk path for delayed and grouped jobs without resource keys: one statement per chunk.
+JOB_INSERT_MANY = (
+    """
+INSERT INTO pg_queue_message (
+    task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
+    max_attempts, tenant_key, resource_key, group_id, group_index
+)
+SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority, now(),
+       COALESCE(t.eta, now() + make_interval(secs => t.delay)), t.max_attempts,
+       t.tenant_key, t.resource_key, t.group_id, t.group_index
+FROM """
+    + _BULK_ROWS
+)
+
+#: ``JOB_INSERT_MANY`` for a chunk with resource keys, rows in the order given. A keyed job is
+#: parked (see ``_KEY_DONE``) behind a live job of its key that is claimed or due no later than
+#: it, in the table or earlier in this chunk.
+JOB_INSERT_MANY_KEYED = (
+    """
 INSERT INTO pg_queue_message (
     task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
     max_attempts, tenant_key, resource_key, group_id, group_index, parked
 )
-SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority, now(), t.due,
-       t.max_attempts, t.tenant_key, t.resource_key, t.group_id, t.group_index,
-       t.resource_key IS NOT NULL AND (t.nth > 1 OR EXISTS (
+SELECT k.task_id, k.queue_name, k.task_name, k.payload::jsonb, k.priority, now(), k.due,
+       k.max_attempts, k.tenant_key, k.resource_key, k.group_id, k.group_index,
+       k.resource_key IS NOT NULL AND (k.nth > 1 OR EXISTS (
            SELECT 1 FROM pg_queue_message AS o
-           WHERE o.resource_key = t.resource_key AND NOT o.parked
-             AND (o.state = 'claimed' OR o.available_at <= t.due)
+           WHERE o.resource_key = k.resource_key AND NOT o.parked
+             AND (o.state = 'claimed' OR o.available_at <= k.due)
        ))
 FROM (
-    SELECT u.*, row_number() OVER (PARTITION BY u.resource_key ORDER BY u.due, u.ord) AS nth
+    SELECT d.*, row_number() OVER (PARTITION BY d.resource_key ORDER BY d.due, d.ord) AS nth
     FROM (
-        SELECT v.*, COALESCE(v.eta, now() + make_interval(secs => v.delay)) AS due
-        FROM unnest(
-            %(task_ids)s::uuid[], %(queues)s::text[], %(task_names)s::text[],
-            %(payloads)s::text[], %(priorities)s::smallint[], %(delays)s::float8[],
-            %(etas)s::timestamptz[], %(max_attempts)s::int[], %(tenant_keys)s::text[],
-            %(resource_keys)s::text[], %(group_ids)s::uuid[], %(group_indexes)s::int[]
-        ) WITH ORDINALITY AS v(task_id, queue_name, task_name, payload, priority, delay, eta,
-                               max_attempts, tenant_key, resource_key, group_id, group_index,
-                               ord)
-    ) AS u
-) AS t
-ORDER BY t.ord
+        SELECT t.*, COALESCE(t.eta, now() + make_interval(secs => t.delay)) AS due FROM """
+    + _BULK_ROWS
+    + """
+    ) AS d
+) AS k
+ORDER BY k.ord
 """
+)
+
+
+def insert_many(params: Mapping[str, Any]) -> str:
+    """The bulk INSERT for these ``bulk_params``: the keyed one only when a row has a key."""
+    return JOB_INSERT_MANY_KEYED if any(params["resource_keys"]) else JOB_INSERT_MANY
+
 
 #: Which of the task ids a caller gave are taken, and by what (enqueue refuses to reuse them).
 TASK_IDS_TAKEN = """

@@ -89,7 +89,7 @@ def _check_jobs(jobs: Sequence[JobSpec], what: str) -> list[JobSpec]:
 
 def _insert(using: str, params: dict[str, Any]) -> None:
     with connections[using].cursor() as cursor:
-        cursor.execute(sql.JOB_INSERT_MANY, params)
+        cursor.execute(sql.insert_many(params), params)
         if queue_settings().notify:
             for queue in sorted(set(params["queues"])):
                 cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})

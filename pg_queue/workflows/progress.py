@@ -183,7 +183,7 @@ def _enqueue(db: Db, jobs: list[tuple[JobSpec, uuid.UUID | None, int | None]]) -
         params["group_ids"] = [g for _, g, _ in jobs]
         params["group_indexes"] = [i for _, _, i in jobs]
         with db.savepoint():
-            db.rows(sql.JOB_INSERT_MANY, params)
+            db.rows(sql.insert_many(params), params)
             for queue in sorted(set(params["queues"])):
                 db.rows(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})
     except Exception as exc:  # a callback that cannot be enqueued must not undo the finishes

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,6 +165,37 @@ def test_a_held_key_keeps_its_jobs_queued_without_an_attempt_while_others_go_by(
     assert first.task_id == keyed[0].task_id
     assert held() == {"rag:/g": ("worker", first.task_id)}
     assert claim(conn) == []
+
+
+def test_a_claim_takes_over_a_key_whose_outside_holder_let_it_expire(
+    conn: psycopg.Connection[Any],
+) -> None:
+    ResourceLock.objects.create(
+        resource_key="rag:/x",
+        holder_id="crashed-cli",
+        holder_kind="cli",
+        expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5),
+    )
+    handle = tasks.add.using(resource_key="rag:/x").enqueue(1, 1)
+    [msg] = claim(conn)
+    assert msg.task_id == handle.task_id
+    assert held() == {"rag:/x": ("worker", handle.task_id)}
+
+
+def test_the_maintenance_sweep_drops_expired_locks_and_locks_of_ended_jobs(
+    conn: psycopg.Connection[Any],
+) -> None:
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    ResourceLock.objects.create(
+        resource_key="rag:/y", holder_id="gone", holder_kind="cli", expires_at=past
+    )
+    ResourceLock.objects.create(
+        resource_key="rag:/z", holder_id="w9", holder_kind="worker", task_id=uuid.uuid4()
+    )
+    with resource_lock("rag:/live", holder_kind="cli", ttl=30):
+        swept = conn.execute(sql_workflows.LOCK_SWEEP).fetchall()
+        assert sorted(row[0] for row in swept) == ["rag:/y", "rag:/z"]
+        assert set(held()) == {"rag:/live"}
 
 
 @pytest.mark.parametrize("finish", ["ack", "retry", "bury", "release"])
