@@ -9,6 +9,9 @@ command (``pg_queue_status --json`` and ``pg_queue_locks --json`` or ``--release
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from django.core.management.base import CommandError
 
 #: What to install for rich output.
@@ -21,3 +24,36 @@ def require_rich(missing: ImportError | None, what: str) -> None:
         raise CommandError(
             f"{what} needs rich, which is not installed ({missing}): pip install '{CLI_EXTRA}'"
         )
+
+
+#: A held lock as the lock tables show it: key, holder kind, holder id, task id (None: not a
+#: job), age text, expiry text, expired.
+type LockLine = tuple[str, str, str, Any, str, str, bool]
+
+
+def lock_table(title: str, lines: Iterable[LockLine]) -> Any:
+    """The rich table of held locks ``pg_queue_status`` and ``pg_queue_locks`` print. Names are
+    plain text (never rich markup); keys and holder ids fold, never cut (an operator copies
+    them into ``--release``); the other columns keep to one line. Needs rich."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title), box=box.SIMPLE_HEAVY, title_justify="left")
+    for header in ("key", "holder", "holder id", "task", "age", "expires"):
+        table.add_column(
+            header,
+            justify="right" if header == "age" else "left",
+            overflow="fold",
+            no_wrap=header not in ("key", "holder id"),
+        )
+    for key, kind, holder_id, task_id, age, expiry, expired in lines:
+        table.add_row(
+            Text(key),
+            Text(kind),
+            Text(holder_id),
+            "-" if task_id is None else str(task_id),
+            age,
+            Text(expiry, style="bold red" if expired else ""),
+        )
+    return table

@@ -24,16 +24,13 @@ from typing import Any, NoReturn
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 try:  # the optional pg-queue[cli] extra: handle() names it when rich is missing
-    from rich import box
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 except ImportError as exc:
     _RICH_MISSING: ImportError | None = exc
 else:
     _RICH_MISSING = None
 
-from pg_queue.management.commands._cli import require_rich
+from pg_queue.management.commands._cli import lock_table, require_rich
 from pg_queue.ops.overview import format_age
 from pg_queue.ops.workflow_overview import format_expiry
 from pg_queue.workflows.locks import KEY_MAX, LockInfo, force_release, locks
@@ -183,32 +180,20 @@ def _render_table(held: list[LockInfo]) -> str:
         color_system="standard" if terminal else None,
         highlight=False,
     )
-    table = Table(
-        title=Text(f"resource locks ({len(held)} held)"),
-        box=box.SIMPLE_HEAVY,
-        title_justify="left",
+    table = lock_table(
+        f"resource locks ({len(held)} held)",
+        (
+            (
+                lock.resource_key,
+                lock.holder_kind,
+                lock.holder_id,
+                lock.task_id,
+                format_age(lock.age_seconds),
+                format_expiry(seconds_left(lock)) + (" (free to take)" if lock.expired else ""),
+                lock.expired,
+            )
+            for lock in held
+        ),
     )
-    for header in ("key", "holder", "holder id", "task", "age", "expires"):
-        # Keys and holder ids fold, never cut (an operator copies them into --release); the
-        # other columns keep to one line.
-        table.add_column(
-            header,
-            justify="right" if header == "age" else "left",
-            overflow="fold",
-            no_wrap=header not in ("key", "holder id"),
-        )
-    for lock in held:
-        left = seconds_left(lock)
-        table.add_row(
-            Text(lock.resource_key),
-            Text(lock.holder_kind),
-            Text(lock.holder_id),
-            "-" if lock.task_id is None else str(lock.task_id),
-            format_age(lock.age_seconds),
-            Text(
-                format_expiry(left) + (" (free to take)" if lock.expired else ""),
-                style="bold red" if lock.expired else "",
-            ),
-        )
     console.print(table)
     return buffer.getvalue()

@@ -35,7 +35,7 @@ except ImportError as exc:
 else:
     _RICH_MISSING = None
 
-from pg_queue.management.commands._cli import require_rich
+from pg_queue.management.commands._cli import lock_table, require_rich
 from pg_queue.ops.overview import (
     STUCK_READY_SECONDS,
     Overview,
@@ -242,27 +242,21 @@ def _workflow_renderables(flows: WorkflowOverview) -> list[Any]:
     """The held locks and the running groups/chains: a table each, or a line saying none."""
     items: list[Any] = []
     if flows.locks:
-        locks = Table(
-            title=Text(f"resource locks ({flows.locks_total} held)"),
-            box=box.SIMPLE_HEAVY,
-            title_justify="left",
+        locks = lock_table(
+            f"resource locks ({flows.locks_total} held)",
+            (
+                (
+                    lock.resource_key,
+                    lock.holder_kind,
+                    lock.holder_id,
+                    lock.task_id,
+                    format_age(lock.age_seconds),
+                    format_expiry(lock.expires_in_seconds),
+                    False,
+                )
+                for lock in flows.locks
+            ),
         )
-        for header in ("key", "holder", "holder id", "task", "age", "expires"):
-            locks.add_column(
-                header,
-                justify="right" if header == "age" else "left",
-                overflow="fold",
-                no_wrap=header not in ("key", "holder id"),
-            )
-        for lock in flows.locks:
-            locks.add_row(
-                Text(lock.resource_key),
-                Text(lock.holder_kind),
-                Text(lock.holder_id),
-                "-" if lock.task_id is None else str(lock.task_id),
-                format_age(lock.age_seconds),
-                format_expiry(lock.expires_in_seconds),
-            )
         items.append(locks)
         if flows.locks_more:
             items.append(Text(f"  ... and {flows.locks_more} more held lock(s)"))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 
 from pg_queue.admin.base import ACTIONS_ON_CHANGE_FORM
 from pg_queue.models import DeadLetter, Job, TaskResult
 from tests.integration.admin import factory
+from tests.integration.admin.pages import confirm, same_queries_for_3_and_50
 
 pytestmark = pytest.mark.django_db
 
@@ -20,27 +19,6 @@ WORKERS = "/admin/pg_queue/worker/"
 
 def _post_action(client, url: str, action: str, ids: list[int], **extra):
     return client.post(url, {"action": action, "index": "0", "_selected_action": ids, **extra})
-
-
-def _confirm(client, response, url: str):
-    assert response.status_code == 200
-    data: dict[str, list[str]] = {}
-    for name, value in response.context["echo"]:
-        data.setdefault(name, []).append(value)
-    return client.post(url, {**data, "pgq_confirm": "yes"})
-
-
-def _same_queries_for_3_and_50(client, url: str, make) -> int:
-    make(3)
-    client.get(url)
-    with CaptureQueriesContext(connection) as few:
-        assert client.get(url).status_code == 200
-    make(47)
-    with CaptureQueriesContext(connection) as many:
-        response = client.get(url)
-    assert len(response.context["cl"].result_list) == 50
-    assert len(many) == len(few), [q["sql"][:80] for q in many.captured_queries]
-    return len(few)
 
 
 # --- dead letters ----------------------------------------------------------------------------
@@ -88,7 +66,7 @@ def test_discard_asks_first_then_deletes_and_keeps_outcomes(staff_client):
     asked = _post_action(client, LETTERS, "discard", [a.pk, b.pk])
     assert b"Delete 2 dead letter(s) for good?" in asked.content
     assert DeadLetter.objects.count() == 3
-    done = _confirm(client, asked, LETTERS)
+    done = confirm(client, asked, LETTERS)
     assert done.status_code == 302
     assert list(DeadLetter.objects.values_list("pk", flat=True)) == [keep.pk]
     assert TaskResult.objects.filter(task_id=a.task_id, status="failed").exists()
@@ -114,7 +92,7 @@ def test_dead_letter_actions_follow_permissions(staff_client):
 
 
 def test_dead_letter_list_queries_do_not_grow_with_rows(admin_client):
-    count = _same_queries_for_3_and_50(
+    count = same_queries_for_3_and_50(
         admin_client, LETTERS, lambda n: [factory.dead_letter() for _ in range(n)]
     )
     assert count <= 10
@@ -152,7 +130,7 @@ def test_results_filter_by_status_queue_and_task(admin_client):
 
 
 def test_result_list_queries_do_not_grow_with_rows(admin_client):
-    count = _same_queries_for_3_and_50(
+    count = same_queries_for_3_and_50(
         admin_client, RESULTS, lambda n: [factory.result() for _ in range(n)]
     )
     assert count <= 10
@@ -185,7 +163,7 @@ def test_worker_list_queries_do_not_grow_with_rows(admin_client):
             factory.worker(f"w{i}", queues=["default"])
             factory.job(state="claimed", worker_id=f"w{i}")
 
-    count = _same_queries_for_3_and_50(admin_client, WORKERS, make)
+    count = same_queries_for_3_and_50(admin_client, WORKERS, make)
     assert count <= 10
 
 

@@ -14,7 +14,7 @@ from pg_queue.admin.base import ACTIONS_ON_CHANGE_FORM
 from pg_queue.core.payload import ContinuationSpec
 from pg_queue.models import Job, TaskResult
 from pg_queue.producer import enqueue
-from tests.integration.admin import factory
+from tests.integration.admin import factory, pages
 
 pytestmark = pytest.mark.django_db
 
@@ -35,12 +35,7 @@ def act(client, action: str, *msgs: Job, **extra):
 
 
 def confirm(client, response, url: str = LIST, **fields):
-    """Submit a confirmation page the way its form does."""
-    assert response.status_code == 200, response
-    data: dict[str, list[str]] = {}
-    for name, value in response.context["echo"]:
-        data.setdefault(name, []).append(value)
-    return client.post(url, {**data, "pgq_confirm": "yes", **fields})
+    return pages.confirm(client, response, url, **fields)
 
 
 def test_list_filters_narrow_the_rows(admin_client):

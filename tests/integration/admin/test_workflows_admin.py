@@ -15,7 +15,7 @@ from pg_queue.admin import workflows
 from pg_queue.admin.base import ACTIONS_ON_CHANGE_FORM
 from pg_queue.models import JobGroup, ResourceLock, TaskResult
 from pg_queue.workflows.groups import chain, group
-from tests.integration.admin import factory
+from tests.integration.admin import factory, pages
 from workers import tasks
 
 pytestmark = pytest.mark.django_db
@@ -39,25 +39,7 @@ def act(client, action: str, *keys: str, url: str = LOCKS):
 
 
 def confirm(client, response, url: str = LOCKS):
-    """Submit a confirmation page the way its form does."""
-    assert response.status_code == 200, response
-    data: dict[str, list[str]] = {}
-    for name, value in response.context["echo"]:
-        data.setdefault(name, []).append(value)
-    return client.post(url, {**data, "pgq_confirm": "yes"})
-
-
-def same_queries_for_3_and_50(client, url: str, make) -> int:
-    make(3)
-    client.get(url)
-    with CaptureQueriesContext(connection) as few:
-        assert client.get(url).status_code == 200
-    make(47)
-    with CaptureQueriesContext(connection) as many:
-        response = client.get(url)
-    assert len(response.context["cl"].result_list) == 50
-    assert len(many) == len(few), [q["sql"][:80] for q in many.captured_queries]
-    return len(few)
+    return pages.confirm(client, response, url)
 
 
 # --- groups and chains -------------------------------------------------------------------------
@@ -184,7 +166,7 @@ def test_group_list_queries_do_not_grow_with_rows(admin_client):
         for _ in range(n):
             factory.job_group(total=2, finished=1)
 
-    assert same_queries_for_3_and_50(admin_client, GROUPS, make) <= 8
+    assert pages.same_queries_for_3_and_50(admin_client, GROUPS, make) <= 8
 
 
 def test_group_pages_need_the_view_permission(staff_client):
@@ -247,7 +229,7 @@ def test_lock_list_queries_do_not_grow_with_rows(admin_client):
         for _ in range(n):
             factory.lock(f"key-{next(made)}")
 
-    assert same_queries_for_3_and_50(admin_client, LOCKS, make) <= 8
+    assert pages.same_queries_for_3_and_50(admin_client, LOCKS, make) <= 8
 
 
 @pytest.mark.django_db(transaction=True)
