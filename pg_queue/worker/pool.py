@@ -143,12 +143,15 @@ class Pool:
 
     def _spawn_task_thread(self) -> None:
         with self._lock:
+            if self._halt.is_set():
+                return
             name = f"pg-queue-task-{self._spawned}"
             self._spawned += 1
-            # Registered before it runs, so health never counts a starting thread as missing.
+            # Registered and started under the lock: health never counts a starting thread as
+            # missing, and stop() never sees (and tries to join) one not started yet.
             thread = threading.Thread(target=self._task_loop, name=name, daemon=True)
             self._threads.add(thread)
-        thread.start()
+            thread.start()
 
     def _task_loop(self) -> None:
         while not self._halt.is_set():
@@ -263,6 +266,10 @@ class Pool:
         limit = job.time_limit
         started = msg.claimed_at + dt.timedelta(seconds=running.start - job.claimed_mono)
         error = f"TimeoutError: task exceeded its time limit of {limit:g}s"
+        if not self.exit_on_time_limit:
+            # The slot comes back before the outcome is handed on, so no one who sees the
+            # outcome can see the pool a thread short.
+            self._spawn_task_thread()
         self.submit(failure_outcome(job, error, "", started))
         self.stats.time_limited += 1
         metrics.TIME_LIMITED.inc()
@@ -278,8 +285,6 @@ class Pool:
         if self.exit_on_time_limit:
             self.time_limit_exit = True
             self.request_exit()
-        elif not self._halt.is_set():
-            self._spawn_task_thread()
 
 
 #: Longest the timer sleeps with nothing to time, before re-checking for stop.
