@@ -35,9 +35,9 @@ def job_claim(
 def job_due_soon(
     conn: psycopg.Connection[Any], *, queues: list[str], lookahead: float, lease: float
 ) -> bool:
-    """Anything a --burst worker should still wait for (see ``sql.JOB_DUE_SOON``)."""
+    """Anything a --burst worker should still wait for (see ``sql_worker.JOB_DUE_SOON``)."""
     row = conn.execute(
-        sql.JOB_DUE_SOON, {"queues": queues, "lookahead": lookahead, "lease": lease}
+        sql_worker.JOB_DUE_SOON, {"queues": queues, "lookahead": lookahead, "lease": lease}
     ).fetchone()
     return bool(row and row[0])
 

@@ -176,25 +176,6 @@ RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text, m.att
           m.cancel_requested, m.group_id, m.group_index
 """
 
-#: Does a --burst worker still have anything to wait for: a row due within the lookahead, or a
-#: claim of a dead worker (no heartbeat for a lease) that re-arm will hand back within it?
-JOB_DUE_SOON = """
-SELECT EXISTS (
-    SELECT 1 FROM pg_queue_message
-    WHERE state = 'ready' AND queue_name = ANY(%(queues)s)
-      AND available_at <= now() + make_interval(secs => %(lookahead)s)
-) OR EXISTS (
-    SELECT 1 FROM pg_queue_message AS m
-    WHERE m.state = 'claimed' AND m.queue_name = ANY(%(queues)s)
-      AND m.vt <= now() + make_interval(secs => %(lookahead)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM pg_worker AS w
-          WHERE w.worker_id = m.worker_id
-            AND w.heartbeat_at > now() - make_interval(secs => %(lease)s)
-      )
-)
-"""
-
 # --- finish ----------------------------------------------------------------------------------
 
 #: The ``unlocked`` and ``unparked`` steps of every statement that ends a claim (ack, retry,

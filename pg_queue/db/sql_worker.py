@@ -1,5 +1,6 @@
 """Statements of the worker's own bookkeeping, off the hot path: its ``pg_worker`` row, the
-result-retention sweep, and the vacuum check at start. Same conventions as ``sql``."""
+result-retention sweep, the vacuum check at start and the --burst check for work still due.
+Same conventions as ``sql``."""
 
 # --- workers ---------------------------------------------------------------------------------
 
@@ -44,5 +45,24 @@ RESULT_SWEEP = """
 DELETE FROM pg_task_result
 WHERE task_id IN (
     SELECT task_id FROM pg_task_result WHERE expires_at < now() LIMIT %(limit)s
+)
+"""
+
+#: Does a --burst worker still have anything to wait for: a row due within the lookahead, or a
+#: claim of a dead worker (no heartbeat for a lease) that re-arm will hand back within it?
+JOB_DUE_SOON = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_queue_message
+    WHERE state = 'ready' AND queue_name = ANY(%(queues)s)
+      AND available_at <= now() + make_interval(secs => %(lookahead)s)
+) OR EXISTS (
+    SELECT 1 FROM pg_queue_message AS m
+    WHERE m.state = 'claimed' AND m.queue_name = ANY(%(queues)s)
+      AND m.vt <= now() + make_interval(secs => %(lookahead)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_worker AS w
+          WHERE w.worker_id = m.worker_id
+            AND w.heartbeat_at > now() - make_interval(secs => %(lease)s)
+      )
 )
 """
