@@ -83,10 +83,8 @@ def cleanup() -> None:
     JobGroup.objects.filter(on_success__queue=BENCH_QUEUE).delete()
     ResourceLock.objects.filter(resource_key__startswith=KEY_PREFIX).delete()
     with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE pg_queue_message")
-        # Every keyed job inserts and deletes a lock row; a claim that meets a keyed row reads
-        # the whole lock table, dead rows included. Start each workload from a vacuumed one.
-        cursor.execute("VACUUM ANALYZE pg_resource_lock")
+        for statement in sql_ops.BENCH_VACUUM:
+            cursor.execute(statement)
 
 
 class WorkerProcess:
@@ -330,7 +328,7 @@ def workload_scale(n_deep: int, n_sample: int, progress: Progress | None = None)
     seconds = _bulk(NOOP, n_deep)
     _bulk(NOOP, n_deep // 10, start=n_deep, delay=3600.0)
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE pg_queue_message")
+        cursor.execute(sql_ops.BENCH_ANALYZE)
     worker = _drain(n_sample, progress, "deep drain", "--max-tasks", str(n_sample))
     cleanup()
     deep_rate = worker.stats["succeeded"] / max(worker.stats["busy_s"], 1e-9)

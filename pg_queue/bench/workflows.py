@@ -48,7 +48,7 @@ def _rate(worker: WorkerProcess) -> float:
 
 def _analyze() -> None:
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE pg_queue_message")
+        cursor.execute(sql_ops.BENCH_ANALYZE)
 
 
 def _keyless_drain(n: int, held: int, progress: Progress | None, label: str) -> float:

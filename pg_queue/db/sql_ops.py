@@ -260,6 +260,17 @@ SELECT queue_name,
 FROM pg_queue_message GROUP BY queue_name
 """
 
+# --- transaction settings and the clock ------------------------------------------------------
+
+#: An operator action's lock wait, for its transaction only (``SET LOCAL``, parametrised).
+ACTION_LOCK_TIMEOUT_SET = "SELECT set_config('lock_timeout', %(timeout)s, true)"
+
+#: The overview reads every table from one snapshot, without writing.
+OVERVIEW_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+#: The database clock (what every age on the operator surfaces is measured against).
+DB_NOW = "SELECT now()"
+
 # --- the demo and the benchmark ----------------------------------------------------------------
 
 #: Everything one queue left behind (the demo's and the benchmark's own queues only).
@@ -268,6 +279,12 @@ QUEUE_CLEAR = (
     "DELETE FROM pg_task_result WHERE queue_name = %(queue)s",
     "DELETE FROM pg_queue_dead_letter WHERE queue_name = %(queue)s",
 )
+
+#: Fresh statistics and no dead rows before a benchmark drain (the queue and the lock table:
+#: every keyed job inserts and deletes a lock row).
+BENCH_VACUUM = ("VACUUM ANALYZE pg_queue_message", "VACUUM ANALYZE pg_resource_lock")
+#: Fresh statistics after a bulk enqueue, so the claim is planned for the table's size.
+BENCH_ANALYZE = "ANALYZE pg_queue_message"
 
 DEMO_FINISHED_COUNT = """
 SELECT

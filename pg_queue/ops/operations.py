@@ -148,7 +148,7 @@ def jobs_cancel(
     payloads: list[tuple[JobRef, Any]] = []
     members: list[tuple[Any, ...]] = []
     with transaction.atomic(using=using), conn.cursor() as cursor:
-        cursor.execute(f"SET LOCAL lock_timeout = '{ACTION_LOCK_TIMEOUT}'")
+        cursor.execute(sql_ops.ACTION_LOCK_TIMEOUT_SET, {"timeout": ACTION_LOCK_TIMEOUT})
         cursor.execute(sql_ops.JOB_LOCK_FOR_CANCEL, {"ids": ids, "task_ids": wanted})
         locked = cursor.fetchall()
         queued = [r[0] for r in locked if r[1] == "ready"]

@@ -43,7 +43,6 @@ def format_age(seconds: float | None) -> str:
 
 
 #: The first statement of the overview's own transaction: one snapshot for both statements.
-SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,13 +182,13 @@ def queue_overview(
     own = not conn.in_atomic_block
     with transaction.atomic(using) if own else contextlib.nullcontext(), conn.cursor() as cursor:
         if own:
-            cursor.execute(SNAPSHOT)
+            cursor.execute(sql_ops.OVERVIEW_SNAPSHOT)
         cursor.execute(sql_ops.QUEUE_OVERVIEW, {"short": short, "long": long, "stale": stale})
         queue_rows = cursor.fetchall()
         cursor.execute(sql_ops.WORKER_OVERVIEW)
         worker_rows = cursor.fetchall()
         if not worker_rows:
-            cursor.execute("SELECT now()")
+            cursor.execute(sql_ops.DB_NOW)
             (taken_at,) = cursor.fetchone()
         else:
             taken_at = worker_rows[0][-1]
