@@ -18,6 +18,18 @@ class PgQueueConfig(AppConfig):
         # Like Celery's ``imports``: every process (producers too) knows each task's defaults
         # (queue, max_attempts) when it enqueues by name. An import error surfaces at startup.
         import_task_modules()
+        _enable_django_tasks()
+
+
+def _enable_django_tasks() -> None:
+    """On Django 6.0+, let workers run jobs of ``pg_queue.tasks_backend.PgQueueBackend``: the
+    registry asks the backend about task names it wrote (imported by path on first sight)."""
+    from pg_queue.tasks_backend import HAS_DJANGO_TASKS, resolve_task
+
+    if HAS_DJANGO_TASKS:
+        from pg_queue.registry import add_fallback
+
+        add_fallback(resolve_task)
 
 
 def _csp_nonce_attr(context: Any) -> SafeString:

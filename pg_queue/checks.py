@@ -311,3 +311,72 @@ def check_admin_features(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             id="pg_queue.I001",
         )
     ]
+
+
+#: What ``TASKS[alias]["BACKEND"]`` names for Django's Tasks framework on pg_queue.
+TASKS_BACKEND_PATH = "pg_queue.tasks_backend.PgQueueBackend"
+
+
+@register()
+def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``TASKS`` naming pg_queue's backend on a Django without the Tasks framework (5.2).
+
+    On Django 6.0+ the backend's own ``check()`` (run by Django's ``check_tasks``) reports its
+    ``OPTIONS`` and ``QUEUES`` through ``tasks_backend_messages``.
+    """
+    return django_tasks_messages(getattr(settings, "TASKS", None), django.VERSION)
+
+
+def django_tasks_messages(tasks: object, version: tuple[Any, ...]) -> list[CheckMessage]:
+    """``check_django_tasks`` for given ``TASKS`` and Django version (testable on any Django)."""
+    if tuple(version[:2]) >= (6, 0) or not isinstance(tasks, dict):
+        return []
+    aliases = sorted(
+        str(alias)
+        for alias, params in tasks.items()
+        if isinstance(params, dict) and params.get("BACKEND") == TASKS_BACKEND_PATH
+    )
+    if not aliases:
+        return []
+    return [
+        Warning(
+            f"TASKS {', '.join(map(repr, aliases))} names {TASKS_BACKEND_PATH}, but Django "
+            f"{'.'.join(map(str, version[:2]))} has no Tasks framework (django.tasks): the "
+            "backend is absent and TASKS is ignored",
+            hint="Django 6.0 or newer brings django.tasks; on this Django use pg_queue's own "
+            "@pg_queue.task.",
+            id="pg_queue.W004",
+        )
+    ]
+
+
+def tasks_backend_messages(
+    alias: str, options: object, queues: set[str] | frozenset[str]
+) -> list[CheckMessage]:
+    """Problems with one ``TASKS`` entry of pg_queue's backend: unknown or invalid ``OPTIONS``
+    (``pg_queue.E019``), a queue name no worker could serve (``pg_queue.E020``)."""
+    from pg_queue.core.options import check_max_attempts, check_queue_name
+
+    messages: list[CheckMessage] = []
+    where = f"TASKS[{alias!r}]"
+    if not isinstance(options, dict):
+        return [Error(f"{where}['OPTIONS'] must be a dict", id="pg_queue.E019")]
+    for key in sorted(set(options) - {"MAX_ATTEMPTS"}, key=str):
+        messages.append(
+            Error(
+                f"{where}['OPTIONS'] has an unknown key {key!r}",
+                hint="pg_queue's backend reads MAX_ATTEMPTS only.",
+                id="pg_queue.E019",
+            )
+        )
+    if "MAX_ATTEMPTS" in options:
+        try:
+            check_max_attempts(options["MAX_ATTEMPTS"])
+        except ValueError as exc:
+            messages.append(Error(f"{where}['OPTIONS']: {exc}", id="pg_queue.E019"))
+    for queue in sorted(queues, key=str):
+        try:
+            check_queue_name(queue, f"{where}['QUEUES'] entry")
+        except ValueError as exc:
+            messages.append(Error(str(exc), id="pg_queue.E020"))
+    return messages

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.utils.module_loading import import_string
@@ -87,10 +88,29 @@ def celery_task(name: str) -> Any | None:
     return app.tasks.get(name)
 
 
+#: Asked, in order, for a name no native or Celery task has; each returns a Task (registered,
+#: so the next lookup of the name is a plain dictionary hit), None (not mine), or raises
+#: ``TaskNotFound`` saying why. Django's Tasks framework backend adds one (``pg_queue.apps``).
+type Fallback = Callable[[str], Task | None]
+_fallbacks: list[Fallback] = []
+
+
+def add_fallback(fallback: Fallback) -> None:
+    """Let ``resolve`` ask ``fallback`` for names nothing registered; adding it again is a no-op."""
+    with _lock:
+        if fallback not in _fallbacks:
+            _fallbacks.append(fallback)
+
+
 def resolve(name: str) -> Task | Any:
-    """A native Task, else a Celery task; ``TaskNotFound`` names what was looked for."""
+    """A native Task, else a Celery task, else what a fallback finds; ``TaskNotFound`` names
+    what was looked for."""
     found = native_task(name) or celery_task(name)
     if found is None:
+        for fallback in tuple(_fallbacks):
+            found = fallback(name)
+            if found is not None:
+                return found
         raise TaskNotFound(f"no task named {name!r} is registered (native or Celery)")
     return found
 
