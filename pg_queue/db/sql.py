@@ -162,18 +162,23 @@ WITH picked AS (
     SELECT msg_id FROM picked WHERE resource_key IS NULL
     UNION ALL
     SELECT f.msg_id FROM first_of_key AS f JOIN locked ON locked.task_id = f.task_id
+), claimed AS (
+    UPDATE pg_queue_message AS m
+    SET state = 'claimed',
+        lease_token = gen_random_uuid(),
+        vt = now() + make_interval(secs => %(lease)s),
+        attempts = m.attempts + 1,
+        worker_id = %(worker_id)s
+    FROM chosen
+    WHERE m.msg_id = chosen.msg_id
+    RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text AS payload,
+              m.attempts, m.max_attempts, m.lease_token, m.enqueued_at, m.available_at,
+              m.cancel_requested, m.group_id, m.group_index, m.priority
 )
-UPDATE pg_queue_message AS m
-SET state = 'claimed',
-    lease_token = gen_random_uuid(),
-    vt = now() + make_interval(secs => %(lease)s),
-    attempts = m.attempts + 1,
-    worker_id = %(worker_id)s
-FROM chosen
-WHERE m.msg_id = chosen.msg_id
-RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text, m.attempts,
-          m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now(),
-          m.cancel_requested, m.group_id, m.group_index
+SELECT msg_id, task_id, task_name, queue_name, payload, attempts, max_attempts, lease_token,
+       enqueued_at, available_at, now(), cancel_requested, group_id, group_index
+FROM claimed
+ORDER BY priority DESC, available_at, msg_id  -- RETURNING keeps no order: the batch runs in it
 """
 
 # --- finish ----------------------------------------------------------------------------------

@@ -487,3 +487,15 @@ def test_vacuum_warning_names_what_keeps_the_queue_table_from_being_vacuumed(con
     finally:
         conn.execute("ALTER TABLE pg_queue_message RESET (autovacuum_enabled)")
     assert conn.execute(sql_worker.QUEUE_VACUUM_STATE).fetchone()[1] is False
+
+
+def test_a_claimed_batch_comes_back_in_claim_order(conn):
+    """The batch runs in the order the claim returns it: highest priority first, then due
+    time, then enqueue order (RETURNING alone keeps no order)."""
+    enqueue_many(job("workers.tasks.echo", [i], priority=i % 3) for i in range(30))
+    got = queries.job_claim(conn, queue="default", limit=30, lease=LEASE, worker_id="w")
+    assert [args_of(m)[0] for m in got] == [
+        *range(2, 30, 3),
+        *range(1, 30, 3),
+        *range(0, 30, 3),
+    ]
