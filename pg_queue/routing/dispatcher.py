@@ -5,7 +5,8 @@ Three call shapes, the same on both transports:
 - ``dispatch(...)`` blocks for the result and never raises: enqueue failure, task failure,
   timeout and malformed results all come back as ``DispatchResult(ok=False, error=...)``,
   each logged with the task id;
-- ``dispatch_async(...)`` returns a ``DispatchHandle`` (task id, status, wait);
+- ``dispatch_async(...)`` returns a ``DispatchHandle`` (task id, status, wait), readable from any
+  thread (``celery_results`` explains how, with Celery's ``rpc://`` backend);
 - ``dispatch_with_callback(..., on_success=sig, on_error=sig)`` takes Celery signatures: on
   Celery they are ``link`` / ``link_error`` unchanged; on Postgres they become continuation specs;
 - ``dispatch_group([sig, ...], on_success=sig, on_error=sig)`` fans out and in: a Celery
@@ -21,21 +22,30 @@ from __future__ import annotations
 import logging
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 
 from pg_queue import results
 from pg_queue.core.conf import queue_settings
-from pg_queue.core.options import EnqueueOptions, JobSpec
-from pg_queue.core.payload import ContinuationSpec, coerce_json
 from pg_queue.core.status import JobStatus
-from pg_queue.jobspec import QUEUE_NAME_MAX, TASK_NAME_MAX, new_task_id
+from pg_queue.jobspec import new_task_id
 from pg_queue.models import RoutingPin, Transport
 from pg_queue.producer import enqueue_spec, job
 from pg_queue.results import armed_wait
+from pg_queue.routing.celery_results import (
+    CeleryReply,
+    ReplyTimeout,
+    reply_queue,
+    uses_rpc,
+)
 from pg_queue.routing.flags import FlagDecision, use_postgres
+from pg_queue.routing.group_dispatch import (
+    GroupDispatchHandle,
+    send_group,
+    signature_to_continuation,
+)
 
 logger = logging.getLogger("pg_queue.routing")
 
@@ -70,25 +80,36 @@ class DispatchResult:
 
 @dataclass(frozen=True, slots=True)
 class DispatchHandle:
-    """A dispatched call on either transport."""
+    """A dispatched call on either transport; ``status`` and ``wait`` work from any thread.
+
+    A Celery handle reads through its ``CeleryReply`` (``celery_results``), shared by every
+    copy of the handle: with ``rpc://`` the call's own reply queue, else the result store. A
+    Celery handle built by hand (no reply given) reads the same reply queue by task id, so it
+    works only for a call the dispatcher sent whose result nobody has read yet.
+    """
 
     task_id: str
     transport: str
     _celery_app: Any = None
     using: str = "default"
+    _celery_reply: CeleryReply | None = field(default=None, kw_only=True)
+
+    def _reply(self) -> CeleryReply:
+        if self._celery_reply is not None:
+            return self._celery_reply
+        return CeleryReply(self._celery_app, self.task_id)
 
     def status(self) -> str:
-        """queued | running | succeeded | failed | cancelled | unknown."""
+        """queued | running | succeeded | failed | cancelled | unknown (never blocks for long)."""
         if self.transport == POSTGRES:
             return results.JobHandle(uuid.UUID(self.task_id), using=self.using).status()
-        state = self._celery_app.AsyncResult(self.task_id).state
-        return _CELERY_STATUS.get(state, JobStatus.UNKNOWN)
+        return _CELERY_STATUS.get(self._reply().state(), JobStatus.UNKNOWN)
 
     def wait(self, timeout: float) -> DispatchResult:
-        """Block up to ``timeout`` seconds; never raises."""
+        """Block up to ``timeout`` seconds (plus one query or broker round trip); never raises."""
         if self.transport == POSTGRES:
             return _wait_postgres(self.task_id, timeout, self.using)
-        return _wait_celery(self._celery_app, self.task_id, timeout)
+        return _wait_celery(self._reply(), timeout)
 
 
 def _wait_postgres(
@@ -124,16 +145,19 @@ def _wait_postgres(
     )
 
 
-def _wait_celery(app: Any, task_id: str, timeout: float) -> DispatchResult:
+def _wait_celery(reply: CeleryReply, timeout: float) -> DispatchResult:
+    task_id = reply.task_id
     try:
-        async_result = app.AsyncResult(task_id)
-        value = async_result.get(timeout=timeout, propagate=False)
-        state = async_result.state
-    except Exception as exc:  # TimeoutError, broker/backend errors
-        name = type(exc).__name__
-        error = f"TimeoutError: no result within {timeout}s" if "Timeout" in name else str(exc)
+        outcome = reply.wait(timeout)
+    except ReplyTimeout:
+        error = f"TimeoutError: no result within {timeout}s"
         logger.warning("dispatch failed task_id=%s transport=celery error=%s", task_id, error)
-        return DispatchResult.failure(task_id, CELERY, error or name)
+        return DispatchResult.failure(task_id, CELERY, error)
+    except Exception as exc:  # ReplyUnavailable, broker or backend errors
+        error = f"{type(exc).__name__}: {exc}"
+        logger.warning("dispatch failed task_id=%s transport=celery error=%s", task_id, error)
+        return DispatchResult.failure(task_id, CELERY, error)
+    value, state = outcome.result, outcome.state
     if state == "SUCCESS":
         return DispatchResult(ok=True, task_id=task_id, transport=CELERY, result=value)
     error = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else str(value)
@@ -141,36 +165,6 @@ def _wait_celery(app: Any, task_id: str, timeout: float) -> DispatchResult:
         "dispatch failed task_id=%s transport=celery state=%s error=%s", task_id, state, error
     )
     return DispatchResult.failure(task_id, CELERY, error or f"task {state}")
-
-
-def signature_to_continuation(signature: Any, role: str) -> ContinuationSpec:
-    """A Celery signature as a continuation spec; ``ValueError`` names what is missing."""
-    if signature is None:
-        raise ValueError(f"{role} is None")
-    task_name = signature.get("task") if hasattr(signature, "get") else None
-    options = (signature.get("options") if hasattr(signature, "get") else None) or {}
-    queue = options.get("queue")
-    if not task_name:
-        raise ValueError(f"{role} signature has no task name")
-    if not queue:
-        raise ValueError(
-            f"{role} signature {task_name!r} has no queue: set one, e.g. sig.set(queue='...')"
-        )
-    # Checked here, not when the worker enqueues the continuation after the job: by then a
-    # name too long for its column could only be logged, and the callback would be lost.
-    for label, value, limit in (
-        ("task name", str(task_name), TASK_NAME_MAX),
-        ("queue", str(queue), QUEUE_NAME_MAX),
-    ):
-        if len(value) > limit:
-            raise ValueError(
-                f"{role} signature {label} is {len(value)} characters long; the limit is {limit}"
-            )
-    args = list(signature.get("args") or ())
-    kwargs = dict(signature.get("kwargs") or {})
-    coerce_json(args, f"{role}.args")
-    coerce_json(kwargs, f"{role}.kwargs")
-    return ContinuationSpec(task_name=str(task_name), queue=str(queue), args=args, kwargs=kwargs)
 
 
 class RoutingDispatcher:
@@ -245,6 +239,7 @@ class RoutingDispatcher:
         on_error: Any = None,
         task_id: uuid.UUID | None = None,
     ) -> DispatchHandle:
+        reply: CeleryReply | None = None
         if transport == POSTGRES:
             spec = job(
                 task_name,
@@ -264,16 +259,8 @@ class RoutingDispatcher:
             handle = enqueue_spec(spec, self.using, check_task_id=False)
             sent_id = str(handle.task_id)
         else:
-            sent = self.celery_app.send_task(
-                task_name,
-                args=args,
-                kwargs=kwargs,
-                queue=queue,
-                link=on_success,
-                link_error=on_error,
-                headers={"org_id": org_id} if org_id else None,
-            )
-            sent_id = str(sent.id)
+            reply = self._send_celery(task_name, args, kwargs, queue, org_id, on_success, on_error)
+            sent_id = reply.task_id
         logger.info(
             "dispatched task_id=%s task=%s queue=%s transport=%s org_id=%s",
             sent_id,
@@ -282,7 +269,46 @@ class RoutingDispatcher:
             transport,
             org_id,
         )
-        return DispatchHandle(sent_id, transport, self.celery_app, self.using)
+        return DispatchHandle(
+            sent_id,
+            transport,
+            self.celery_app,
+            self.using,
+            _celery_reply=reply,
+        )
+
+    def _send_celery(
+        self,
+        task_name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        queue: str,
+        org_id: str,
+        on_success: Any,
+        on_error: Any,
+    ) -> CeleryReply:
+        """``send_task``; with ``rpc://`` the call gets a reply queue of its own, declared first
+        (Celery's per-thread reply queue can only be read by the sending thread)."""
+        app = self.celery_app
+        options: dict[str, Any] = {
+            "args": args,
+            "kwargs": kwargs,
+            "queue": queue,
+            "link": on_success,
+            "link_error": on_error,
+            "headers": {"org_id": org_id} if org_id else None,
+        }
+        if not uses_rpc(app):
+            sent = app.send_task(task_name, **options)
+            return CeleryReply(app, str(sent.id), rpc=False)
+        task_id = str(uuid.uuid4())
+        replies = reply_queue(task_id, queue_settings().result_ttl_seconds)
+        with app.producer_or_acquire() as producer:
+            replies(producer.channel).declare()
+            app.send_task(
+                task_name, task_id=task_id, reply_to=replies.name, producer=producer, **options
+            )
+        return CeleryReply(app, task_id, rpc=True)
 
     @staticmethod
     def _check_args(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -394,101 +420,13 @@ class RoutingDispatcher:
         org_id: str = "",
         execution_id: str = "",
     ) -> GroupDispatchHandle:
-        """Fan out ``signatures`` (Celery signatures) and fan in to ``on_success`` once.
-
-        One flag decision (or the execution's pin) for the whole group, so a group is never
-        split across transports. On Celery this is ``chord(signatures, on_success)`` with
-        ``on_error`` linked to the chord's body (Celery's own semantics, unchanged; it needs a
-        result backend that supports chords). On Postgres it is a pg_queue group:
-        ``on_success(results, *own_args)`` with the results in signature order, or
-        ``on_error(group_id, failures, *own_args)``, exactly once.
-        """
-        sigs = list(signatures) if isinstance(signatures, list | tuple) else None
-        if sigs is None:
-            raise ValueError(
-                f"signatures must be a list or tuple of signatures, got {type(signatures).__name__}"
-            )
-        children = [signature_to_continuation(s, f"signatures[{i}]") for i, s in enumerate(sigs)]
-        success = signature_to_continuation(on_success, "on_success")
-        failure = signature_to_continuation(on_error, "on_error") if on_error is not None else None
-        first = children[0] if children else success
-        transport = self._transport(first.task_name, first.queue, org_id, execution_id)
-        if transport == POSTGRES:
-            from pg_queue.workflows.groups import group
-
-            def spec(c: ContinuationSpec) -> JobSpec:
-                options = EnqueueOptions(queue=c.queue, tenant_key=org_id)
-                return JobSpec(task_name=c.task_name, args=c.args, kwargs=c.kwargs, options=options)
-
-            handle = group(
-                [spec(c) for c in children],
-                on_success=spec(success),
-                on_error=spec(failure) if failure is not None else None,
-            ).enqueue(using=self.using)
-            group_id, native = str(handle.group_id), cast(Any, handle)
-        else:
-            from celery import chord
-
-            body = on_success.clone()
-            if on_error is not None:
-                body.link_error(on_error)
-            # Bound to this dispatcher's app: unbound signatures would use current_app's backend.
-            sent = chord(sigs, body, app=self.celery_app).apply_async()
-            header = cast(Any, sent.parent)  # the GroupResult of the children
-            group_id, native = str(header.id), header
-        logger.info(
-            "dispatched group group_id=%s children=%d transport=%s org_id=%s",
-            group_id,
-            len(children),
-            transport,
-            org_id,
-        )
-        return GroupDispatchHandle(group_id, transport, native)
-
-
-@dataclass(frozen=True, slots=True)
-class GroupDispatchResult:
-    """What ``GroupDispatchHandle.wait`` returns: the children's results in order, or why not."""
-
-    ok: bool
-    group_id: str
-    transport: str
-    results: list[Any]
-    error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class GroupDispatchHandle:
-    """A dispatched group on either transport: a pg_queue ``GroupHandle`` or a Celery
-    ``GroupResult`` (the chord's header)."""
-
-    group_id: str
-    transport: str
-    native: Any
-
-    def wait(self, timeout: float) -> GroupDispatchResult:
-        """Until every child finished or ``timeout`` passes; never raises."""
-        try:
-            if self.transport == POSTGRES:
-                outcome = self.native.wait(timeout)
-                error = "; ".join(f"{e['task_id']}: {e['error']}" for e in outcome.errors)
-                if outcome.status == "timeout":
-                    error = f"TimeoutError: group did not end within {timeout}s"
-                return GroupDispatchResult(
-                    outcome.ok, self.group_id, self.transport, outcome.results, error
-                )
-            values = self.native.get(timeout=timeout, propagate=False)
-        except Exception as exc:
-            name = type(exc).__name__
-            logger.warning(
-                "group wait failed group_id=%s transport=%s error=%s: %s",
-                self.group_id,
-                self.transport,
-                name,
-                exc,
-            )
-            return GroupDispatchResult(False, self.group_id, self.transport, [], f"{name}: {exc}")
-        errors = [f"{type(v).__name__}: {v}" for v in values if isinstance(v, BaseException)]
-        return GroupDispatchResult(
-            not errors, self.group_id, self.transport, list(values), "; ".join(errors)
+        """Fan out ``signatures`` (Celery signatures) and fan in to ``on_success`` once; see
+        ``pg_queue.routing.group_dispatch``."""
+        return send_group(
+            self,
+            signatures,
+            on_success=on_success,
+            on_error=on_error,
+            org_id=org_id,
+            execution_id=execution_id,
         )

@@ -89,3 +89,13 @@ def group_failed(group_id: str, failures: list[dict[str, str]], key: str) -> dic
     """A group's on_error on Postgres: ``eb(group_id, failures, *own_args)``."""
     record_group_call("on_error", key, [group_id, failures, key])
     return {"group_id": group_id, "failures": failures, "key": key}
+
+
+# --- handles (test_celery_handles) --------------------------------------------------------------
+
+
+@shared_task(name="tests.acceptance.routing.tasks.sleep_then_return")
+def sleep_then_return(seconds: float, value: Any) -> Any:
+    """Returns ``value`` after ``seconds``: a result that arrives after a first wait gave up."""
+    time.sleep(seconds)
+    return value

@@ -446,3 +446,31 @@ def test_one_flag_decision_sends_the_whole_group_and_its_callback_to_one_transpo
     else:
         assert not TaskResult.objects.exists()
         assert not Job.objects.exists()
+
+
+# --- single calls with a result backend that stores results (file://) --------------------------
+
+
+def test_a_celery_call_with_a_stored_result_is_read_from_another_thread_by_its_deadline(
+    dispatcher, group_queues, chord_celery_worker, calls, broker_queues_to_delete
+):
+    """Not a group: the ``file://`` app shows a Celery handle on a result store (not ``rpc://``)
+    is read from any thread, and a wait for a call nobody serves returns by its timeout."""
+    import threading
+    import time
+
+    nobody = f"{group_queues.main}-nobody"
+    broker_queues_to_delete.append(nobody)
+    with flag_off():
+        handle = dispatcher.dispatch_async(CHILD, [7, calls.key], queue=group_queues.main)
+        started = time.monotonic()
+        late = dispatcher.dispatch(CHILD, [7, calls.key], queue=nobody, timeout=0.5)
+        elapsed = time.monotonic() - started
+    box: list[Any] = []
+    reader = threading.Thread(target=lambda: box.append(handle.wait(WAIT)))
+    reader.start()
+    reader.join(WAIT + 5)
+    assert [(r.ok, r.result) for r in box] == [(True, 49)]
+    assert handle.status() == "succeeded"
+    assert (late.ok, late.error.startswith("TimeoutError: ")) == (False, True), late
+    assert elapsed < 0.8, elapsed
