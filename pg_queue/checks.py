@@ -69,6 +69,7 @@ def check_pg_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += _check_pooler(conf)
     messages += _check_routing_and_celery(conf)
     messages += _check_psycopg()
+    messages += _check_schedule(conf)
     return messages
 
 
@@ -380,3 +381,26 @@ def tasks_backend_messages(
         except ValueError as exc:
             messages.append(Error(str(exc), id="pg_queue.E020"))
     return messages
+
+
+def _check_schedule(conf: Any) -> list[CheckMessage]:
+    """Periodic tasks need croniter (the ``schedule`` extra) and a valid ``SCHEDULE``."""
+    if not (conf.schedule or conf.scheduler):
+        return []
+    from pg_queue.scheduling.cron import SCHEDULE_EXTRA, croniter_installed
+    from pg_queue.scheduling.sync import parse_schedule
+
+    if not croniter_installed():
+        return [
+            Error(
+                "PG_QUEUE['SCHEDULE'] / PG_QUEUE['SCHEDULER'] need croniter, which is not "
+                "installed",
+                hint=f"pip install '{SCHEDULE_EXTRA}'.",
+                id="pg_queue.E021",
+            )
+        ]
+    try:
+        parse_schedule(conf.schedule)
+    except ValueError as exc:
+        return [Error(str(exc), id="pg_queue.E022")]
+    return []

@@ -327,3 +327,71 @@ class RoutingPin(models.Model):
 
     def __str__(self) -> str:
         return f"{self.execution_id} -> {self.transport}"
+
+
+class PeriodicTask(models.Model):
+    """A cron schedule: the leader scheduler enqueues ``task_name`` at each tick.
+
+    ``next_run_at`` is the next tick (NULL: not yet computed; the scheduler sets it from the
+    database clock without firing, so a new or changed schedule never fires at once). Firing
+    is one transaction: the job's INSERT and this row's advance. ``last_fired_by`` says which
+    side fired last (``postgres``, or ``celery`` for the Celery beat hand-over scheduler), so
+    that a tick fired on one side is not fired again on the other when the flag turns.
+    """
+
+    name = models.CharField(max_length=200, primary_key=True)
+    task_name = models.CharField(max_length=300)
+    queue_name = models.CharField(
+        max_length=200, blank=True, default="", help_text="'' = the task's own queue"
+    )
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    cron = models.CharField(
+        max_length=120, help_text="5 fields (minute hour day month weekday), or 6 with seconds"
+    )
+    timezone = models.CharField(max_length=64, default="UTC", db_default="UTC")
+    enabled = models.BooleanField(default=True, db_default=True)
+    in_settings = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="declared in PG_QUEUE['SCHEDULE'] (synced at worker start)",
+    )
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_task_id = models.UUIDField(null=True, blank=True)
+    last_fired_by = models.CharField(max_length=16, blank=True, default="", db_default="")
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "pg_periodic_task"
+        verbose_name = "periodic task"
+        indexes = [
+            models.Index(
+                fields=["next_run_at"],
+                name="pg_periodic_task_due_idx",
+                condition=models.Q(enabled=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cron} {self.timezone})"
+
+
+class LeaderLease(models.Model):
+    """One row per leader role (``scheduler``): who leads until ``expires_at`` (database clock).
+
+    Acquired by one conditional INSERT ... ON CONFLICT (free, or expired), renewed by one
+    conditional UPDATE (still ours, not expired); every leader-only statement re-checks it.
+    """
+
+    role = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=200)
+    acquired_at = models.DateTimeField(db_default=Now())
+    renewed_at = models.DateTimeField(db_default=Now())
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "pg_leader_lease"
+
+    def __str__(self) -> str:
+        return f"{self.role} led by {self.holder} until {self.expires_at}"

@@ -7,7 +7,7 @@ key is caught once (``manage.py check``) instead of being silently ignored in a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any
 
@@ -87,6 +87,14 @@ DEFAULT_ROUTING_TASKS: tuple[str, ...] = ()
 #: Dotted path of a zero-argument factory returning an OpenFeature provider for the flag;
 #: "" = the in-memory provider above; "global" = whatever provider the app registered globally.
 DEFAULT_FLAG_PROVIDER = ""
+#: Run the scheduler in every worker (same as ``run_pg_worker --scheduler``); one leader fires.
+DEFAULT_SCHEDULER = False
+#: Seconds the scheduler's leader lease lasts without renewal; renewed every third of it. A
+#: leader killed with ``kill -9`` is replaced within one lease.
+DEFAULT_SCHEDULER_LEASE_SECONDS = 15.0
+#: Longest sleep of the scheduler between looks at the table (seconds): bounds how late a
+#: schedule added in the admin, or a follower's take-over, can be.
+DEFAULT_SCHEDULER_POLL = 1.0
 #: NOTIFY channel the producer signals and workers listen on (payload: queue name).
 NOTIFY_CHANNEL = "pg_queue"
 #: NOTIFY channel workers signal after storing outcomes (payload: comma-joined task ids).
@@ -128,6 +136,13 @@ class QueueSettings:
     routing_exclude_tenants: tuple[str, ...] = DEFAULT_ROUTING_EXCLUDE_TENANTS
     routing_tasks: tuple[str, ...] = DEFAULT_ROUTING_TASKS
     flag_provider: str = DEFAULT_FLAG_PROVIDER
+    #: Periodic tasks: {name: {"task": ..., "cron": ..., "args": [...], "kwargs": {...},
+    #: "queue": "", "timezone": "UTC", "enabled": True}}, synced at the start of every worker
+    #: that runs the scheduler (``pg_queue.scheduling.sync``). Default: none.
+    schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scheduler: bool = DEFAULT_SCHEDULER
+    scheduler_lease_seconds: float = DEFAULT_SCHEDULER_LEASE_SECONDS
+    scheduler_poll: float = DEFAULT_SCHEDULER_POLL
 
 
 _KNOWN_KEYS = {f.name.upper() for f in fields(QueueSettings)}

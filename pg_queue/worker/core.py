@@ -8,6 +8,7 @@ It wires the services, each in its own module with what it owns and guarantees:
 - ``heartbeat``: lease renewal and the ``pg_worker`` row;
 - ``maintenance``: re-arm, expired last attempts, worker-row pruning, result retention;
 - ``events``: Django signals, sent off the hot threads;
+- ``scheduler`` (``--scheduler``): periodic tasks, fired by the one worker holding the lease;
 - ``inflight`` (shared state), ``outcomes`` (value objects), ``stats`` (counters).
 
 Services share no lock across a database round trip. Each runs under ``service.Service``: an
@@ -44,6 +45,8 @@ from pg_queue.worker.heartbeat import Heartbeat
 from pg_queue.worker.inflight import InFlight
 from pg_queue.worker.maintenance import Maintenance
 from pg_queue.worker.pool import Pool
+from pg_queue.worker.scheduler import Scheduler
+from pg_queue.worker.service import Service
 from pg_queue.worker.stats import WorkerStats
 
 logger = logging.getLogger("pg_queue.worker")
@@ -108,6 +111,7 @@ class Worker:
         database: str = "default",
         on_progress: Callable[[WorkerStats], None] | None = None,
         banner: str = "",
+        scheduler: bool | None = None,
     ) -> None:
         conf = queue_settings()
         #: More for the start line (``run_pg_worker``: tasks known, modules, the database).
@@ -193,6 +197,10 @@ class Worker:
             events=self.events,
             notify_results=lambda: self.finisher.notify_results,
         )
+        #: Periodic tasks (``--scheduler`` or ``PG_QUEUE["SCHEDULER"]``); None when off.
+        self.scheduler: Scheduler | None = None
+        if conf.scheduler if scheduler is None else scheduler:
+            self.scheduler = Scheduler(conf=conf, worker_id=self.worker_id, connect=self._connect)
 
     # --- public -------------------------------------------------------------------------------
 
@@ -219,13 +227,13 @@ class Worker:
                 "VACUUM pg_queue_message",
                 no_vacuum,
             )
-        for service in (self.events, self.finisher, self.heartbeat, self.maintenance):
+        for service in self._services():
             service.start()
         self.pool.start()
         self._started = True
         logger.info(
             "worker started worker_id=%s queues=%s concurrency=%d batch=%d burst=%s notify=%s "
-            "pooled=%s%s",
+            "pooled=%s scheduler=%s%s",
             self.worker_id,
             ",".join(f"{q}={w}" for q, w in self.queues.items()),
             self.concurrency,
@@ -233,6 +241,7 @@ class Worker:
             self.burst,
             self._listener is not None,
             self.pooled,
+            self.scheduler is not None,
             f" {self.banner}" if self.banner else "",
         )
         try:
@@ -264,13 +273,10 @@ class Worker:
         beat_age = now - self.heartbeat.last_beat
         unwritten_age = self.finisher.oldest_unwritten_age()
         pool = self.pool.health()
-        services = {
-            s.role: s.alive
-            for s in (self.finisher, self.heartbeat, self.maintenance, self.events, self.pool.timer)
-        }
+        services = {s.role: s.alive for s in (*self._services(), self.pool.timer)}
         if self._listener is not None:
             services["listen"] = self._listener.alive
-        errors = {s.role: s.errors for s in (self.finisher, self.heartbeat, self.maintenance)}
+        errors = {s.role: s.errors for s in self._services() if s is not self.events}
         errors.update(
             events=self.events.errors,
             timer=self.pool.timer.errors,
@@ -303,12 +309,18 @@ class Worker:
             "in_flight": len(self.inflight),
             "stopping": self._stop.is_set(),
             "pooled": self.pooled,
+            "scheduler_leader": self.scheduler is not None and self.scheduler.leading,
             "services": services,
             "thread_errors": errors,
             **pool,
         }
 
     # --- lifecycle ----------------------------------------------------------------------------
+
+    def _services(self) -> tuple[Service, ...]:
+        """The service threads this worker runs (started together, all in ``health()``)."""
+        extra = () if self.scheduler is None else (self.scheduler,)
+        return (self.events, self.finisher, self.heartbeat, self.maintenance, *extra)
 
     def _connect(self) -> psycopg.Connection[Any]:
         return connection.worker_connection(self.database, pooled=self.pooled)
@@ -354,6 +366,8 @@ class Worker:
     def _shutdown(self) -> None:
         """Stop threads, hand back what is still ours, and remove the worker row."""
         self._stop.set()
+        if self.scheduler is not None:
+            self.scheduler.stop()  # first: it gives the leader lease up on its way out
         self.pool.stop(join_timeout=TASK_THREADS_JOIN)
         self.finisher.stop()
         self.finisher.join(timeout=FINISHER_JOIN)
@@ -384,7 +398,9 @@ class Worker:
                 exc,
             )
         finally:
-            services = (self.heartbeat, self.maintenance, self.events)
+            services: tuple[Service, ...] = (self.heartbeat, self.maintenance, self.events)
+            if self.scheduler is not None:
+                services += (self.scheduler,)
             for service in services:
                 service.stop()
             if self._listener is not None:

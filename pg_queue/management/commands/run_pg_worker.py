@@ -81,6 +81,13 @@ class Command(BaseCommand):
             help="log level of pg_queue's console log (default info); a console log is set up "
             "only if the project configured no handler for the pg_queue loggers",
         )
+        parser.add_argument(
+            "--scheduler",
+            action="store_true",
+            default=None,
+            help="also run the periodic-task scheduler (one leader among such workers fires; "
+            "PG_QUEUE['SCHEDULER'] turns it on for every worker)",
+        )
         parser.add_argument("--child-health-file", default=None, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -113,6 +120,7 @@ class Command(BaseCommand):
             health_file=options["child_health_file"],
             notify=False if options["no_notify"] else None,
             banner=banner,
+            scheduler=options["scheduler"],
         )
         self._install_signals(worker)
         server = self._start_health(worker, options)
@@ -142,10 +150,24 @@ class Command(BaseCommand):
             raise CommandError("--shutdown-grace must be >= 0")
         if options["time_limit"] is not None and options["time_limit"] < 0:
             raise CommandError("--time-limit must be >= 0 (0 = none)")
+        if options["scheduler"] or queue_settings().scheduler:
+            Command._validate_schedule()
         port = options["health_port"]
         if port is not None and not 0 <= port <= 65535:
             raise CommandError(f"--health-port must be 0..65535, got {port}")
         return queues
+
+    @staticmethod
+    def _validate_schedule() -> None:
+        """The scheduler needs croniter and a valid ``PG_QUEUE["SCHEDULE"]``."""
+        from pg_queue.scheduling.cron import require_croniter
+        from pg_queue.scheduling.sync import parse_schedule
+
+        try:
+            require_croniter()
+            parse_schedule(queue_settings().schedule)
+        except (ImportError, ValueError) as exc:
+            raise CommandError(f"--scheduler: {exc}") from None
 
     @staticmethod
     def _start_health(worker: Worker, options: dict[str, Any]) -> HealthServer | None:
@@ -172,6 +194,8 @@ class Command(BaseCommand):
             child_args.append("--burst")
         if options["no_notify"]:
             child_args.append("--no-notify")
+        if options["scheduler"]:
+            child_args.append("--scheduler")
         if options["loglevel"]:
             child_args += ["--loglevel", options["loglevel"]]
         for module in options["include"]:

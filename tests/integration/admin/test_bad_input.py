@@ -13,7 +13,7 @@ from django.contrib import admin
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
-from pg_queue.models import DeadLetter, Job
+from pg_queue.models import DeadLetter, Job, PeriodicTask
 from tests.integration.admin import factory
 
 pytestmark = pytest.mark.django_db
@@ -63,10 +63,19 @@ def _one_row_each() -> None:
     factory.worker("w1", queues=["q"])
     factory.lock("rag:/data/1")
     factory.job_group()
+    PeriodicTask.objects.create(name="nightly", task_name="t.report", cron="0 3 * * *")
 
 
 def test_every_pg_queue_model_admin_is_looped_over():
-    assert ADMIN_IDS == ["deadletter", "job", "jobgroup", "resourcelock", "taskresult", "worker"]
+    assert ADMIN_IDS == [
+        "deadletter",
+        "job",
+        "jobgroup",
+        "periodictask",
+        "resourcelock",
+        "taskresult",
+        "worker",
+    ]
 
 
 # --- numbers that are not ASCII numbers --------------------------------------------------------
