@@ -221,7 +221,16 @@ def _registered_task_names() -> set[str]:
     return set(native_tasks())
 
 
+#: Names that exist only on a newer Django (the docs say so): name -> the Django it needs.
+_NEEDS_DJANGO = {"pg_queue.tasks_backend.PgQueueBackend": (6, 0)}
+
+
 def _resolves(name: str) -> bool:
+    import django
+
+    needs = _NEEDS_DJANGO.get(name)
+    if needs is not None and tuple(django.VERSION[:2]) < needs:
+        return _resolves(name.rsplit(".", 1)[0])  # its module, at least, must be there
     parts = name.split(".")
     for cut in range(len(parts), 0, -1):
         try:
