@@ -9,6 +9,9 @@ command (``pg_queue_status --json`` and ``pg_queue_locks --json`` or ``--release
 
 from __future__ import annotations
 
+import io
+import shutil
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +19,9 @@ from django.core.management.base import CommandError
 
 #: What to install for rich output.
 CLI_EXTRA = "pg-queue[cli]"
+#: Width of the tables when stdout is not a terminal (logs, pipes, tests): wide enough for a
+#: task id and a key side by side.
+PLAIN_WIDTH = 150
 
 
 def require_rich(missing: ImportError | None, what: str) -> None:
@@ -57,3 +63,23 @@ def lock_table(title: str, lines: Iterable[LockLine]) -> Any:
             Text(expiry, style="bold red" if expired else ""),
         )
     return table
+
+
+def render_text(renderables: Iterable[Any]) -> str:
+    """Rich renderables as text: coloured and as wide as the terminal on one, plain and
+    ``PLAIN_WIDTH`` wide otherwise. Needs rich."""
+    from rich.console import Console
+
+    terminal = sys.stdout.isatty()
+    width = shutil.get_terminal_size((PLAIN_WIDTH, 40)).columns if terminal else PLAIN_WIDTH
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=terminal,
+        color_system="standard" if terminal else None,
+        highlight=False,
+    )
+    for item in renderables:
+        console.print(item)
+    return buffer.getvalue()

@@ -15,28 +15,23 @@ running, and the next holder of the key would then run alongside it.
 from __future__ import annotations
 
 import getpass
-import io
 import json
-import shutil
-import sys
 from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 try:  # the optional pg-queue[cli] extra: handle() names it when rich is missing
-    from rich.console import Console
+    import rich  # noqa: F401  (only to learn whether the extra is installed)
 except ImportError as exc:
     _RICH_MISSING: ImportError | None = exc
 else:
     _RICH_MISSING = None
 
-from pg_queue.management.commands._cli import lock_table, require_rich
+from pg_queue.management.commands._cli import lock_table, render_text, require_rich
 from pg_queue.ops.overview import format_age
 from pg_queue.ops.workflow_overview import format_expiry
 from pg_queue.workflows.locks import KEY_MAX, LockInfo, force_release, locks
 
-#: Width of the table when the output is not a terminal (a file, a pipe, a test).
-PLAIN_WIDTH = 150
 #: Exit status of a release refused for want of ``--force`` (argparse's status for misuse).
 REFUSED = 2
 
@@ -170,16 +165,6 @@ class Command(BaseCommand):
 
 
 def _render_table(held: list[LockInfo]) -> str:
-    terminal = sys.stdout.isatty()
-    width = shutil.get_terminal_size((PLAIN_WIDTH, 40)).columns if terminal else PLAIN_WIDTH
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=width,
-        force_terminal=terminal,
-        color_system="standard" if terminal else None,
-        highlight=False,
-    )
     table = lock_table(
         f"resource locks ({len(held)} held)",
         (
@@ -195,5 +180,4 @@ def _render_table(held: list[LockInfo]) -> str:
             for lock in held
         ),
     )
-    console.print(table)
-    return buffer.getvalue()
+    return render_text([table])

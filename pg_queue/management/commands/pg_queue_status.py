@@ -14,9 +14,7 @@ cannot crash the command and ``[bold]x[/bold]`` or ``:smile:`` are not rewritten
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ except ImportError as exc:
 else:
     _RICH_MISSING = None
 
-from pg_queue.management.commands._cli import lock_table, require_rich
+from pg_queue.management.commands._cli import lock_table, render_text, require_rich
 from pg_queue.ops.overview import (
     STUCK_READY_SECONDS,
     Overview,
@@ -49,8 +47,6 @@ from pg_queue.ops.workflow_overview import (
     workflow_overview,
 )
 
-#: Width of the table when the output is not a terminal (a file, a pipe, a test).
-PLAIN_WIDTH = 150
 STUCK = "bold red"
 
 
@@ -169,19 +165,7 @@ class Command(BaseCommand):
 
 def _render_text(snapshot: Snapshot) -> str:
     """The tables as text: coloured on a terminal, plain (with words for red) otherwise."""
-    terminal = sys.stdout.isatty()
-    width = shutil.get_terminal_size((PLAIN_WIDTH, 40)).columns if terminal else PLAIN_WIDTH
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=width,
-        force_terminal=terminal,
-        color_system="standard" if terminal else None,
-        highlight=False,
-    )
-    for item in _renderables(snapshot):
-        console.print(item)
-    return buffer.getvalue()
+    return render_text(_renderables(snapshot))
 
 
 def _cell(value: str, stuck: bool) -> Text:
