@@ -142,43 +142,34 @@ WITH picked AS (
     ORDER BY m.priority DESC, m.available_at, m.msg_id
     LIMIT %(limit)s
     FOR UPDATE OF m SKIP LOCKED
-), first_of_key AS (
-    SELECT DISTINCT ON (resource_key) msg_id, task_id, resource_key FROM picked
-    WHERE resource_key IS NOT NULL
-    ORDER BY resource_key, priority DESC, available_at, msg_id
 ), locked AS (
     INSERT INTO pg_resource_lock AS l (
         resource_key, holder_id, holder_kind, task_id, acquired_at, expires_at, holder_meta
     )
-    SELECT resource_key, %(worker_id)s, 'worker', task_id, now(), NULL, '{}'::jsonb
-    FROM first_of_key
+    SELECT DISTINCT ON (p.resource_key) p.resource_key, %(worker_id)s, 'worker', p.task_id,
+           now(), NULL, '{}'::jsonb
+    FROM picked AS p
+    WHERE p.resource_key IS NOT NULL
+    ORDER BY p.resource_key, p.priority DESC, p.available_at, p.msg_id
     ON CONFLICT (resource_key) DO UPDATE
     SET holder_id = EXCLUDED.holder_id, holder_kind = EXCLUDED.holder_kind,
         task_id = EXCLUDED.task_id, acquired_at = now(), expires_at = NULL,
         holder_meta = EXCLUDED.holder_meta
     WHERE l.expires_at IS NOT NULL AND l.expires_at <= now()
     RETURNING l.task_id
-), chosen AS (
-    SELECT msg_id FROM picked WHERE resource_key IS NULL
-    UNION ALL
-    SELECT f.msg_id FROM first_of_key AS f JOIN locked ON locked.task_id = f.task_id
-), claimed AS (
-    UPDATE pg_queue_message AS m
-    SET state = 'claimed',
-        lease_token = gen_random_uuid(),
-        vt = now() + make_interval(secs => %(lease)s),
-        attempts = m.attempts + 1,
-        worker_id = %(worker_id)s
-    FROM chosen
-    WHERE m.msg_id = chosen.msg_id
-    RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text AS payload,
-              m.attempts, m.max_attempts, m.lease_token, m.enqueued_at, m.available_at,
-              m.cancel_requested, m.group_id, m.group_index, m.priority
 )
-SELECT msg_id, task_id, task_name, queue_name, payload, attempts, max_attempts, lease_token,
-       enqueued_at, available_at, now(), cancel_requested, group_id, group_index
-FROM claimed
-ORDER BY priority DESC, available_at, msg_id  -- RETURNING keeps no order: the batch runs in it
+UPDATE pg_queue_message AS m
+SET state = 'claimed',
+    lease_token = gen_random_uuid(),
+    vt = now() + make_interval(secs => %(lease)s),
+    attempts = m.attempts + 1,
+    worker_id = %(worker_id)s
+FROM picked AS p
+WHERE m.msg_id = p.msg_id
+  AND (p.resource_key IS NULL OR p.task_id IN (SELECT task_id FROM locked))
+RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text, m.attempts,
+          m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now(),
+          m.cancel_requested, m.group_id, m.group_index, m.priority
 """
 
 # --- finish ----------------------------------------------------------------------------------

@@ -285,7 +285,7 @@ def test_a_claim_reads_one_row_of_a_key_however_long_its_backlog(
     # The held key's 1,999 parked jobs are not in the claim index: only its head is read and
     # filtered out.
     start = plan.index("Index Scan using pg_queue_msg_claim_idx")
-    scan = plan[start : plan.index("CTE first_of_key")]
+    scan = plan[start : plan.index("CTE locked")]
     removed = re.search(r"Rows Removed by Filter: (\d+)", scan)
     assert removed is not None, plan
     assert int(removed.group(1)) == 1, plan
