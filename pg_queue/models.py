@@ -84,9 +84,11 @@ class Job(models.Model):
     class Meta:
         db_table = "pg_queue_message"
         indexes = [
-            # Serves the claim: ready rows only, in claim order.
+            # Serves the claim: ready rows only, in claim order within each tenant (jobs
+            # without a tenant are the tenant ""), so the plain claim reads tenant "" in order
+            # and the fair claim finds each tenant's head (pg_queue/db/sql.py, JOB_CLAIM_FAIR).
             models.Index(
-                fields=["queue_name", "-priority", "available_at", "msg_id"],
+                fields=["queue_name", "tenant_key", "-priority", "available_at", "msg_id"],
                 name="pg_queue_msg_claim_idx",
                 condition=models.Q(state="ready", parked=False),
             ),

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 
-from pg_queue.core.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.core.conf import NOTIFY_CHANNEL, queue_settings, wake_payload
 from pg_queue.core.exceptions import DuplicateTaskId
 from pg_queue.core.options import EMPTY, NO_OPTIONS, EnqueueOptions, JobSpec
 from pg_queue.core.payload import ContinuationSpec
@@ -55,6 +55,7 @@ def _row_params(row: JobRow) -> dict[str, Any]:
         "dedup_key": row.dedup_key,
         "notify": queue_settings().notify and row.delay == 0 and row.eta is None,
         "channel": NOTIFY_CHANNEL,
+        "wake": wake_payload(row.queue, row.tenant_key),
     }
 
 
@@ -239,13 +240,15 @@ def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[Jo
             rest = [r for r in later if r.dedup_key is None]
             for start in range(0, len(rest), BULK_CHUNK):
                 _insert_many(cursor, rest[start : start + BULK_CHUNK])
-            queues.update(r.queue for r in rest if not r.delay and r.eta is None)
+            queues.update(
+                wake_payload(r.queue, r.tenant_key) for r in rest if not r.delay and r.eta is None
+            )
             deduped = {
                 r.task_id: _insert_row(cursor, r, using, notify=True) for r in later if r.dedup_key
             }
             if queue_settings().notify:
-                for queue in sorted(queues):
-                    cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})
+                for wake in sorted(queues):  # queue names, a tenant mark on some
+                    cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": wake})
     except IntegrityError as exc:  # a given id inserted by a concurrent transaction
         duplicate = _duplicate_from(exc)
         if duplicate is None:
@@ -306,7 +309,7 @@ def _copy_rows(
             if "\\" in payload:
                 payload = payload.replace("\\", "\\\\")
             lines.append(f"{row.task_id.hex}{resolved.copy_head}{payload}{resolved.copy_tail}")
-            queues.add(row.queue)
+            queues.add(wake_payload(row.queue, row.tenant_key))
             if len(lines) == COPY_BLOCK_ROWS:
                 copy.write("".join(lines))
                 lines.clear()

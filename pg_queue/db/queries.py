@@ -15,7 +15,7 @@ import orjson
 
 from pg_queue.core.conf import RESULT_CHANNEL
 from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, RetryLater, Success
-from pg_queue.db import sql, sql_worker
+from pg_queue.db import sql, sql_claim, sql_worker
 
 if TYPE_CHECKING:  # psycopg is imported by whoever opens the connection
     import psycopg
@@ -24,15 +24,62 @@ if TYPE_CHECKING:  # psycopg is imported by whoever opens the connection
 def job_claim(
     conn: psycopg.Connection[Any], *, queue: str, limit: int, lease: float, worker_id: str
 ) -> list[ClaimedJob]:
-    """Claim up to ``limit`` due jobs of ``queue``; never more, never one held elsewhere."""
+    """Claim up to ``limit`` due jobs of ``queue`` without a tenant; never more, never one
+    held elsewhere."""
     rows = conn.execute(
-        sql.JOB_CLAIM,
+        sql_claim.JOB_CLAIM,
         {"queue": queue, "limit": limit, "lease": lease, "worker_id": worker_id},
     ).fetchall()
     # RETURNING keeps no order: the batch runs in claim order (priority, due time, msg_id),
     # sorted here rather than by a wrapping SELECT that would cost every claim a plan node.
     rows.sort(key=lambda r: (-r[-1], r[9], r[0]))
     return [ClaimedJob(*row[:-1]) for row in rows]  # payloads as text: decoded one by one
+
+
+@dataclass(frozen=True, slots=True)
+class FairClaim:
+    """A round-robin claim's jobs (first turns first) and where the next claim starts."""
+
+    jobs: list[ClaimedJob]
+    next_start: str
+    tenants: int  # how many tenants the claim listed (pass it to the next one)
+
+
+def job_claim_fair(
+    conn: psycopg.Connection[Any],
+    *,
+    queue: str,
+    limit: int,
+    lease: float,
+    worker_id: str,
+    start: str = "",
+    tenants: int = 1,
+) -> FairClaim:
+    """Claim up to ``limit`` due jobs of ``queue`` round-robin across tenants, the tenants
+    from ``start`` on (see ``sql_claim.JOB_CLAIM_FAIR``); ``tenants`` is how many the last
+    claim listed (``FairClaim.tenants``), which sets how deep each tenant is read."""
+    rows = conn.execute(
+        sql_claim.JOB_CLAIM_FAIR,
+        {
+            "queue": queue,
+            "limit": limit,
+            "per_tenant": -(-limit // max(1, min(tenants, limit))),
+            "lease": lease,
+            "worker_id": worker_id,
+            "start": start,
+        },
+    ).fetchall()
+    rows.sort(key=lambda r: (r[-3], r[9], r[0]))
+    listed = rows[0][-1] if rows else 1
+    # The tenant list was cut at ``limit``: the next claim goes on from its last tenant.
+    next_start = rows[0][-2] if listed >= limit else ""
+    return FairClaim([ClaimedJob(*row[:-3]) for row in rows], next_start, listed)
+
+
+def queues_with_tenants(conn: psycopg.Connection[Any], queues: list[str]) -> set[str]:
+    """The queues among ``queues`` that hold a ready job of a tenant."""
+    rows = conn.execute(sql_claim.QUEUES_WITH_TENANTS, {"queues": queues}).fetchall()
+    return {r[0] for r in rows}
 
 
 def job_due_soon(

@@ -33,7 +33,7 @@ WITH ins AS (
     ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
     RETURNING task_id
 )
-SELECT task_id, CASE WHEN %(notify)s THEN pg_notify(%(channel)s, %(queue)s) END FROM ins
+SELECT task_id, CASE WHEN %(notify)s THEN pg_notify(%(channel)s, %(wake)s) END FROM ins
 """
 
 JOB_BY_DEDUP_KEY = """
@@ -116,61 +116,7 @@ WHERE task_id = ANY(%(ids)s::uuid[])
 
 NOTIFY = "SELECT pg_notify(%(channel)s, %(queue)s)"
 
-# --- claim -----------------------------------------------------------------------------------
-
-#: Lock up to ``limit`` due rows of one queue in claim order, skipping rows other claimers hold,
-#: then mark them ours in the same statement. The CTE-join form claims exactly the rows the CTE
-#: locked (the ``WHERE id IN (SELECT ... LIMIT n)`` form may re-run the subquery and over-claim).
-#:
-#: Resource locks: a row whose ``resource_key`` is held is not a candidate at all, so a held
-#: key never blocks the keyless and other-key rows behind it. Of the candidates sharing a free
-#: key only the first in claim order is taken, and its lock row is inserted by the same
-#: statement; a lock another claim inserted first (the primary key serializes them) makes that
-#: one row "not now", never an error and never an attempt. An expired lock of a non-worker
-#: holder is taken over; a job's own lock (``expires_at`` NULL) lives as long as the claim.
-JOB_CLAIM = """
-WITH picked AS (
-    SELECT m.msg_id, m.task_id, m.resource_key, m.priority, m.available_at
-    FROM pg_queue_message AS m
-    WHERE m.state = 'ready' AND NOT m.parked AND m.queue_name = %(queue)s
-      AND m.available_at <= now()
-      AND (m.resource_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM pg_resource_lock AS l
-          WHERE l.resource_key = m.resource_key
-            AND (l.expires_at IS NULL OR l.expires_at > now())
-      ))
-    ORDER BY m.priority DESC, m.available_at, m.msg_id
-    LIMIT %(limit)s
-    FOR UPDATE OF m SKIP LOCKED
-), locked AS (
-    INSERT INTO pg_resource_lock AS l (
-        resource_key, holder_id, holder_kind, task_id, acquired_at, expires_at, holder_meta
-    )
-    SELECT DISTINCT ON (p.resource_key) p.resource_key, %(worker_id)s, 'worker', p.task_id,
-           now(), NULL, '{}'::jsonb
-    FROM picked AS p
-    WHERE p.resource_key IS NOT NULL
-    ORDER BY p.resource_key, p.priority DESC, p.available_at, p.msg_id
-    ON CONFLICT (resource_key) DO UPDATE
-    SET holder_id = EXCLUDED.holder_id, holder_kind = EXCLUDED.holder_kind,
-        task_id = EXCLUDED.task_id, acquired_at = now(), expires_at = NULL,
-        holder_meta = EXCLUDED.holder_meta
-    WHERE l.expires_at IS NOT NULL AND l.expires_at <= now()
-    RETURNING l.task_id
-)
-UPDATE pg_queue_message AS m
-SET state = 'claimed',
-    lease_token = gen_random_uuid(),
-    vt = now() + make_interval(secs => %(lease)s),
-    attempts = m.attempts + 1,
-    worker_id = %(worker_id)s
-FROM picked AS p
-WHERE m.msg_id = p.msg_id
-  AND (p.resource_key IS NULL OR p.task_id IN (SELECT task_id FROM locked))
-RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text, m.attempts,
-          m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now(),
-          m.cancel_requested, m.group_id, m.group_index, m.priority
-"""
+# --- claim: see sql_claim ----------------------------------------------------------------------
 
 # --- finish ----------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from pg_queue import metrics
-from pg_queue.core.conf import QueueSettings
+from pg_queue.core.conf import TENANT_WAKE, QueueSettings
 from pg_queue.core.continuations import lenient_on_error
 from pg_queue.core.exceptions import PayloadError, TaskNotFound
 from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, storable_text
@@ -43,6 +43,8 @@ logger = logging.getLogger("pg_queue.worker")
 RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 #: Mean task time above which prefetch shrinks to one waiting job per thread.
 SLOW_TASK_SECONDS = 0.1
+#: Seconds between the probes for tenants' jobs in the worker's queues (one index probe each).
+TENANT_PROBE_INTERVAL = 1.0
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -102,14 +104,25 @@ class Coordinator:
         # every POLL_INTERVAL_MAX, however many NOTIFYs keep the loop from idling that long.
         self._notified: set[str] = set()
         self._all_queues_claimed_at = 0.0
+        # Queues holding a tenant's job are claimed round-robin across tenants (JOB_CLAIM_FAIR),
+        # the others by the plain claim, which leaves tenants' jobs alone. A tenant-marked
+        # NOTIFY switches a queue at once; a probe every TENANT_PROBE_INTERVAL finds the jobs no
+        # NOTIFY announced (delayed, retried, requeued) and switches drained queues back.
+        self._fair: set[str] = set()
+        self._fair_hints: set[str] = set()  # from NOTIFYs, merged by the claiming thread
+        self._tenant_start: dict[str, tuple[str, int]] = {}  # where, and how many last time
+        self._tenant_probe_at = 0.0
         self._woken_by_wake = False  # did the last idle wait end by a wake-up (not a timeout)?
 
     # --- wake-ups -----------------------------------------------------------------------------
 
     def on_notify(self, payload: str) -> None:
         """A NOTIFY on the queue channel: the payload names a queue with new jobs."""
-        if payload in self.queues:
-            self._notified.add(payload)
+        queue = payload.removesuffix(TENANT_WAKE)
+        if queue in self.queues:
+            if queue != payload:
+                self._fair_hints.add(queue)
+            self._notified.add(queue)
             self.wake_event.set()
 
     def finished_some(self) -> None:
@@ -264,22 +277,41 @@ class Coordinator:
         elif len(order) > 1:
             self._all_queues_claimed_at = now
         self._last_claim_full = False
+        if now >= self._tenant_probe_at and limit > 0:
+            self._tenant_probe_at = now + TENANT_PROBE_INTERVAL
+            self._fair = queries.queues_with_tenants(self.conn, list(self.queues))
+        hints, self._fair_hints = self._fair_hints, set()
+        self._fair |= hints
         for queue_name in order:
             if limit - total <= 0:
                 break
             self.stats.claim_queries += 1
-            claimed = queries.job_claim(
-                self.conn,
-                queue=queue_name,
-                limit=limit - total,
-                lease=self.conf.lease_seconds,
-                worker_id=self.worker_id,
-            )
+            claimed = self._claim_queue(queue_name, limit - total)
             if claimed:
                 self._accept(claimed)
                 total += len(claimed)
         self._last_claim_full = total >= limit
         return total
+
+    def _claim_queue(self, queue: str, limit: int) -> list[ClaimedJob]:
+        assert self.conn is not None
+        lease, worker_id = self.conf.lease_seconds, self.worker_id
+        if queue not in self._fair:
+            return queries.job_claim(
+                self.conn, queue=queue, limit=limit, lease=lease, worker_id=worker_id
+            )
+        start, tenants = self._tenant_start.get(queue, ("", 1))
+        fair = queries.job_claim_fair(
+            self.conn,
+            queue=queue,
+            limit=limit,
+            lease=lease,
+            worker_id=worker_id,
+            start=start,
+            tenants=tenants,
+        )
+        self._tenant_start[queue] = (fair.next_start, fair.tenants)
+        return fair.jobs
 
     def _accept(self, claimed: list[ClaimedJob]) -> None:
         """Decode and hand claimed jobs to the task threads (or bury the hopeless)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from pg_queue.core.conf import NOTIFY_CHANNEL, queue_settings
+from pg_queue.core.conf import NOTIFY_CHANNEL, queue_settings, wake_payload
 from pg_queue.core.options import EnqueueOptions, JobSpec
 from pg_queue.core.payload import ContinuationSpec, coerce_json, loads
 from pg_queue.core.status import JobStatus
@@ -91,8 +91,9 @@ def _insert(using: str, params: dict[str, Any]) -> None:
     with connections[using].cursor() as cursor:
         cursor.execute(sql.insert_many(params), params)
         if queue_settings().notify:
-            for queue in sorted(set(params["queues"])):
-                cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": queue})
+            wakes = map(wake_payload, params["queues"], params["tenant_keys"])
+            for wake in sorted(set(wakes)):
+                cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": wake})
 
 
 def _insert_group(using: str, **row: Any) -> None:

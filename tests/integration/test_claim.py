@@ -288,7 +288,7 @@ def test_retry_puts_the_job_back_after_its_delay_with_the_error(conn):
 
 def test_bury_moves_the_job_to_dead_letter_with_a_failed_outcome(conn):
     handle = enqueue("workers.tasks.echo", [1], priority=4, tenant_key="org-9")
-    msg = claim_one(conn)
+    (msg,) = queries.job_claim_fair(conn, queue="default", limit=1, lease=LEASE, worker_id="w").jobs
     started = msg.claimed_at
     buried = queries.job_bury(
         conn, [Bury(msg, "exhausted", "ValueError: x", "Traceback ...", started)], ttl=60

@@ -21,7 +21,7 @@ from pg_queue.core.exceptions import ConfigurationError
 from pg_queue.core.outcomes import Bury, ClaimedJob, RetryLater, Success
 from pg_queue.core.payload import loads
 from pg_queue.db import connection as db_connection
-from pg_queue.db import queries, sql, sql_workflows
+from pg_queue.db import queries, sql_claim, sql_workflows
 from pg_queue.models import Job, ResourceLock
 from pg_queue.ops import operations
 from pg_queue.producer import enqueue_many
@@ -277,7 +277,7 @@ def test_a_claim_reads_one_row_of_a_key_however_long_its_backlog(
         plan = "\n".join(
             row[0]
             for row in conn.execute(
-                "EXPLAIN (ANALYZE, COSTS OFF) " + sql.JOB_CLAIM,
+                "EXPLAIN (ANALYZE, COSTS OFF) " + sql_claim.JOB_CLAIM,
                 {"queue": "default", "limit": 100, "lease": 30, "worker_id": "w"},
             ).fetchall()
         )
