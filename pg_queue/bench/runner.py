@@ -176,16 +176,23 @@ def _bulk(
     start: int = 0,
     delay: float | None = None,
     key: Callable[[int], str] | None = None,
+    tenant: Callable[[int], str] | None = None,
 ) -> float:
     """Enqueue ``n`` jobs with the bulk path in 10k chunks (job ``i`` under resource key
-    ``key(i)`` if given); returns seconds taken."""
+    ``key(i)`` and tenant ``tenant(i)`` if given); returns seconds taken."""
     t0 = time.perf_counter()
     chunk = 10_000
     for lo in range(start, start + n, chunk):
         hi = min(start + n, lo + chunk)
         with transaction.atomic():
             enqueue_many(
-                job(task_name, [i], delay=delay, resource_key=None if key is None else key(i))
+                job(
+                    task_name,
+                    [i],
+                    delay=delay,
+                    resource_key=None if key is None else key(i),
+                    tenant_key="" if tenant is None else tenant(i),
+                )
                 for i in range(lo, hi)
             )
     return time.perf_counter() - t0

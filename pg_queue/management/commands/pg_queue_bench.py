@@ -17,12 +17,23 @@ except ImportError as exc:
 else:
     _RICH_MISSING = None
 
+from pg_queue.bench import fairness as fairness_bench
 from pg_queue.bench import runner as bench
 from pg_queue.bench import workflows as workflow_bench
 from pg_queue.core.conf import queue_settings
 from pg_queue.management.commands._cli import require_rich
 
-WORKLOADS = ("drain", "enqueue", "latency", "rpc", "scale", "locks", "group", "all")
+WORKLOADS = (
+    "drain",
+    "enqueue",
+    "latency",
+    "rpc",
+    "scale",
+    "locks",
+    "group",
+    "fairness",
+    "all",
+)
 DEFAULT_N = {
     "drain": 20_000,
     "enqueue": 5_000,
@@ -31,13 +42,17 @@ DEFAULT_N = {
     "scale": 1_000_000,
     "locks": 20_000,
     "group": 1_000,
+    "fairness": 50_100,
 }
 #: Interleaved repetitions of each variant of the A/B workloads (their figures are medians).
 DEFAULT_REPS = 3
 
 
 class Command(BaseCommand):
-    help = "Benchmark pg_queue: drain, enqueue, latency, rpc, scale, locks and group workloads."
+    help = (
+        "Benchmark pg_queue: drain, enqueue, latency, rpc, scale, locks, group and fairness "
+        "workloads."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--workload", choices=WORKLOADS, default="all")
@@ -46,7 +61,8 @@ class Command(BaseCommand):
             "--reps",
             type=int,
             default=DEFAULT_REPS,
-            help=f"repetitions of each variant of locks and group (medians; {DEFAULT_REPS})",
+            help="repetitions of each variant of locks, group and fairness "
+            f"(medians; {DEFAULT_REPS})",
         )
         parser.add_argument(
             "--held",
@@ -129,6 +145,8 @@ class Command(BaseCommand):
             return workflow_bench.workload_locks(n, reps, progress=report, held_backlog=held)
         if workload == "group":
             return workflow_bench.workload_group(n, reps, progress=report)
+        if workload == "fairness":
+            return fairness_bench.workload_fairness(n, reps, progress=report)
         return bench.workload_scale(n, min(20_000, max(1, n // 10)), progress=report)
 
 
