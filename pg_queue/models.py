@@ -80,6 +80,10 @@ class Job(models.Model):
     # A ready job waiting behind a live job of its resource key: out of the claim index until
     # that job ends (its finish unparks the next one). See pg_queue/db/sql.py (_KEY_DONE).
     parked = models.BooleanField(default=False, db_default=False)
+    # A ready job due more than SCHEDULE_AHEAD seconds from now: out of the claim index until the
+    # maintenance pass promotes it, ahead of its time (pg_queue/db/sql_worker.py, JOB_PROMOTE),
+    # so that a million jobs delayed by a day cost a claim nothing.
+    scheduled = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         db_table = "pg_queue_message"
@@ -90,7 +94,13 @@ class Job(models.Model):
             models.Index(
                 fields=["queue_name", "tenant_key", "-priority", "available_at", "msg_id"],
                 name="pg_queue_msg_claim_idx",
-                condition=models.Q(state="ready", parked=False),
+                condition=models.Q(state="ready", parked=False, scheduled=False),
+            ),
+            # Scheduled jobs by due time, for their promotion (scheduled rows only).
+            models.Index(
+                fields=["available_at"],
+                name="pg_queue_msg_scheduled_idx",
+                condition=models.Q(scheduled=True),
             ),
             # Serves the re-arm sweep and per-worker views: claimed rows only (as many as jobs
             # in flight), whose vt the sweep reads from the heap. vt itself is in no index, so a

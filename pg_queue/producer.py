@@ -55,7 +55,7 @@ def _row_params(row: JobRow) -> dict[str, Any]:
         "dedup_key": row.dedup_key,
         "notify": queue_settings().notify and row.delay == 0 and row.eta is None,
         "channel": NOTIFY_CHANNEL,
-        "wake": wake_payload(row.queue, row.tenant_key),
+        "wake": wake_payload(row.queue, row.tenant_key, row.resource_key),
     }
 
 
@@ -241,7 +241,9 @@ def enqueue_many(specs: Iterable[JobSpec], *, using: str = "default") -> list[Jo
             for start in range(0, len(rest), BULK_CHUNK):
                 _insert_many(cursor, rest[start : start + BULK_CHUNK])
             queues.update(
-                wake_payload(r.queue, r.tenant_key) for r in rest if not r.delay and r.eta is None
+                wake_payload(r.queue, r.tenant_key, r.resource_key)
+                for r in rest
+                if not r.delay and r.eta is None
             )
             deduped = {
                 r.task_id: _insert_row(cursor, r, using, notify=True) for r in later if r.dedup_key
@@ -309,7 +311,7 @@ def _copy_rows(
             if "\\" in payload:
                 payload = payload.replace("\\", "\\\\")
             lines.append(f"{row.task_id.hex}{resolved.copy_head}{payload}{resolved.copy_tail}")
-            queues.add(wake_payload(row.queue, row.tenant_key))
+            queues.add(wake_payload(row.queue, row.tenant_key))  # COPY rows have no key
             if len(lines) == COPY_BLOCK_ROWS:
                 copy.write("".join(lines))
                 lines.clear()

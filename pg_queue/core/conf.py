@@ -97,14 +97,14 @@ DEFAULT_SCHEDULER_LEASE_SECONDS = 15.0
 DEFAULT_SCHEDULER_POLL = 1.0
 #: NOTIFY channel the producer signals and workers listen on (payload: queue name).
 NOTIFY_CHANNEL = "pg_queue"
-#: Appended to a queue's wake-up payload when the new jobs have a tenant: a worker claiming
-#: that queue without tenants switches to the round-robin claim at once.
-TENANT_WAKE = "\x1ftenant"
+#: Appended to a queue's wake-up payload when the new jobs have a tenant, or a resource key: a
+#: worker claiming that queue with a statement that leaves such jobs alone switches at once.
+TENANT_WAKE, KEY_WAKE = "\x1ftenant", "\x1fkey"
 
 
-def wake_payload(queue: str, tenant_key: str) -> str:
+def wake_payload(queue: str, tenant_key: str = "", resource_key: str | None = None) -> str:
     """The ``NOTIFY_CHANNEL`` payload announcing new due jobs in ``queue``."""
-    return queue + TENANT_WAKE if tenant_key else queue
+    return queue + (TENANT_WAKE if tenant_key else "") + (KEY_WAKE if resource_key else "")
 
 
 #: NOTIFY channel workers signal after storing outcomes (payload: comma-joined task ids).

@@ -39,6 +39,7 @@ class ClaimedJob:
     cancel_requested: bool = False  # an operator cancelled it before this claim
     group_id: uuid.UUID | None = None  # a child of a group or a step of a chain
     group_index: int | None = None  # its place there
+    resource_key: str | None = None  # the key it holds (its finish gives the key back)
 
 
 @dataclass(frozen=True, slots=True)

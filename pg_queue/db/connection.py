@@ -22,7 +22,9 @@ from pg_queue.core.conf import queue_settings
 PROBE_TIMEOUT = 1.0
 
 
-def worker_connection(alias: str = "default", *, pooled: bool = False) -> psycopg.Connection[Any]:
+def worker_connection(
+    alias: str = "default", *, pooled: bool = False, claims: bool = False
+) -> psycopg.Connection[Any]:
     """A fresh autocommit psycopg connection to the database Django's ``alias`` points at.
 
     Session settings bound every wait: ``lock_timeout`` and ``statement_timeout`` (settings of
@@ -30,6 +32,11 @@ def worker_connection(alias: str = "default", *, pooled: bool = False) -> psycop
     found a transaction-pooling PgBouncer in front of the database) turns all session state
     off: no prepared statements and no ``SET``, which such a pooler would leak onto other
     clients' server connections or lose between statements.
+
+    ``claims``: the connection that claims jobs commits without waiting for its WAL flush
+    (``synchronous_commit = off``). A claim lost to a server crash leaves its job ready, to be
+    claimed again, which at-least-once delivery allows anyway; the ack that follows is written
+    with a normal commit, which flushes the claim's WAL with it.
     """
     conf = queue_settings()
     params = dict(connections[alias].get_connection_params())
@@ -57,6 +64,7 @@ def worker_connection(alias: str = "default", *, pooled: bool = False) -> psycop
     conn.execute(
         f"SET lock_timeout = {_millis(lock_timeout)}; "
         f"SET statement_timeout = {_millis(conf.statement_timeout)}; SET jit = off"
+        + ("; SET synchronous_commit = off" if claims else "")
     )
     if conf.prepared_statements:
         # PostgreSQL switches a prepared statement to a generic plan after five executions,

@@ -22,12 +22,19 @@ if TYPE_CHECKING:  # psycopg is imported by whoever opens the connection
 
 
 def job_claim(
-    conn: psycopg.Connection[Any], *, queue: str, limit: int, lease: float, worker_id: str
+    conn: psycopg.Connection[Any],
+    *,
+    queue: str,
+    limit: int,
+    lease: float,
+    worker_id: str,
+    keyed: bool = True,
 ) -> list[ClaimedJob]:
     """Claim up to ``limit`` due jobs of ``queue`` without a tenant; never more, never one
-    held elsewhere."""
+    held elsewhere. ``keyed=False``: leave jobs with a resource key alone (a cheaper claim for
+    a queue that has none)."""
     rows = conn.execute(
-        sql_claim.JOB_CLAIM,
+        sql_claim.JOB_CLAIM if keyed else sql_claim.JOB_CLAIM_KEYLESS,
         {"queue": queue, "limit": limit, "lease": lease, "worker_id": worker_id},
     ).fetchall()
     # RETURNING keeps no order: the batch runs in claim order (priority, due time, msg_id),
@@ -76,10 +83,18 @@ def job_claim_fair(
     return FairClaim([ClaimedJob(*row[:-3]) for row in rows], next_start, listed)
 
 
-def queues_with_tenants(conn: psycopg.Connection[Any], queues: list[str]) -> set[str]:
-    """The queues among ``queues`` that hold a ready job of a tenant."""
-    rows = conn.execute(sql_claim.QUEUES_WITH_TENANTS, {"queues": queues}).fetchall()
-    return {r[0] for r in rows}
+@dataclass(frozen=True, slots=True)
+class QueueKinds:
+    """Which queues hold a tenant's ready job, and which a live job with a resource key."""
+
+    tenants: set[str]
+    keyed: set[str]
+
+
+def queue_kinds(conn: psycopg.Connection[Any], queues: list[str]) -> QueueKinds:
+    """What the claim of each of ``queues`` must handle (``sql_claim.QUEUE_KINDS``)."""
+    rows = conn.execute(sql_claim.QUEUE_KINDS, {"queues": queues}).fetchall()
+    return QueueKinds({q for q, t, _ in rows if t}, {q for q, _, k in rows if k})
 
 
 def job_due_soon(
@@ -108,8 +123,9 @@ def job_ack(
             for s in items
         ]
     ).decode()
+    keyed = any(s.msg.resource_key is not None for s in items)
     rows = conn.execute(
-        sql.JOB_ACK,
+        sql.JOB_ACK if keyed else sql.JOB_ACK_KEYLESS,
         {
             "batch": batch,
             "ttl": ttl,
@@ -261,6 +277,13 @@ def job_rearm_exhausted(
 def job_insert_many(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
     """Insert rows prepared by ``producer.bulk_params`` (continuations from the worker)."""
     conn.execute(sql.insert_many(params), params)
+
+
+def job_promote(conn: psycopg.Connection[Any], *, limit: int) -> int:
+    """Promote up to ``limit`` scheduled jobs due within ``sql.SCHEDULE_AHEAD``; how many."""
+    return conn.execute(
+        sql_worker.JOB_PROMOTE, {"ahead": sql.SCHEDULE_AHEAD, "limit": limit}
+    ).rowcount
 
 
 def result_sweep(conn: psycopg.Connection[Any], *, limit: int) -> int:

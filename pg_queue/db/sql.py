@@ -10,19 +10,29 @@ Parameters are named (``%(name)s``); arrays are passed as Python lists.
 from collections.abc import Mapping
 from typing import Any
 
+#: Seconds ahead of which a ready job is written ``scheduled`` (out of the claim index); the
+#: maintenance pass promotes it once it is due within this (``sql_worker.JOB_PROMOTE``).
+SCHEDULE_AHEAD = 60
+#: SQL: is a job due at this time (an expression) scheduled?
+_IS_SCHEDULED = f" > now() + interval '{SCHEDULE_AHEAD} seconds'"
+
 # --- enqueue ---------------------------------------------------------------------------------
 
 #: One row. ON CONFLICT covers only the partial unique dedup index; RETURNING nothing means a
 #: live duplicate exists. pg_notify is transactional: it is delivered only if the caller commits.
-JOB_INSERT = """
+JOB_INSERT = (
+    """
 WITH ins AS (
     INSERT INTO pg_queue_message (
         task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
-        max_attempts, tenant_key, resource_key, dedup_key, parked
+        max_attempts, tenant_key, resource_key, dedup_key, scheduled, parked
     ) VALUES (
         %(task_id)s, %(queue)s, %(task_name)s, %(payload)s::jsonb, %(priority)s, now(),
         COALESCE(%(eta)s::timestamptz, now() + make_interval(secs => %(delay)s)),
         %(max_attempts)s, %(tenant_key)s, %(resource_key)s, %(dedup_key)s,
+        COALESCE(%(eta)s::timestamptz, now() + make_interval(secs => %(delay)s))"""
+    + _IS_SCHEDULED
+    + """,
         %(resource_key)s::text IS NOT NULL AND EXISTS (
             SELECT 1 FROM pg_queue_message AS o
             WHERE o.resource_key = %(resource_key)s AND NOT o.parked
@@ -35,6 +45,7 @@ WITH ins AS (
 )
 SELECT task_id, CASE WHEN %(notify)s THEN pg_notify(%(channel)s, %(wake)s) END FROM ins
 """
+)
 
 JOB_BY_DEDUP_KEY = """
 SELECT task_id, task_name, queue_name FROM pg_queue_message WHERE dedup_key = %(dedup_key)s
@@ -62,13 +73,16 @@ JOB_INSERT_MANY = (
     """
 INSERT INTO pg_queue_message (
     task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
-    max_attempts, tenant_key, resource_key, group_id, group_index
+    max_attempts, tenant_key, resource_key, group_id, group_index, scheduled
 )
-SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority, now(),
-       COALESCE(t.eta, now() + make_interval(secs => t.delay)), t.max_attempts,
-       t.tenant_key, t.resource_key, t.group_id, t.group_index
-FROM """
+SELECT t.task_id, t.queue_name, t.task_name, t.payload::jsonb, t.priority, now(), t.due,
+       t.max_attempts, t.tenant_key, t.resource_key, t.group_id, t.group_index,
+       t.due"""
+    + _IS_SCHEDULED
+    + """
+FROM (SELECT *, COALESCE(eta, now() + make_interval(secs => delay)) AS due FROM """
     + _BULK_ROWS
+    + ") AS t"
 )
 
 #: ``JOB_INSERT_MANY`` for a chunk with resource keys, rows in the order given. A keyed job is
@@ -78,10 +92,13 @@ JOB_INSERT_MANY_KEYED = (
     """
 INSERT INTO pg_queue_message (
     task_id, queue_name, task_name, payload, priority, enqueued_at, available_at,
-    max_attempts, tenant_key, resource_key, group_id, group_index, parked
+    max_attempts, tenant_key, resource_key, group_id, group_index, scheduled, parked
 )
 SELECT k.task_id, k.queue_name, k.task_name, k.payload::jsonb, k.priority, now(), k.due,
        k.max_attempts, k.tenant_key, k.resource_key, k.group_id, k.group_index,
+       k.due"""
+    + _IS_SCHEDULED
+    + """,
        k.resource_key IS NOT NULL AND (k.nth > 1 OR EXISTS (
            SELECT 1 FROM pg_queue_message AS o
            WHERE o.resource_key = k.resource_key AND NOT o.parked
@@ -150,8 +167,7 @@ _KEY_DONE = """
 #: Returns the msg_ids actually acked; a missing id means the lease was lost (no-op for us).
 #: The batch travels as one JSON document ([{i: msg_id, t: token, s: started epoch, k: keep?,
 #: r: result}, ...]): one parameter to send instead of five arrays dumped element by element.
-JOB_ACK = (
-    """
+_ACK_DONE = """
 WITH a AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
         AS a(i bigint, t uuid, s double precision, k boolean, r jsonb)
@@ -161,9 +177,9 @@ WITH a AS (
     WHERE m.msg_id = a.i AND m.lease_token = a.t AND m.state = 'claimed'
     RETURNING m.msg_id, m.task_id, m.task_name, m.queue_name, m.attempts, m.enqueued_at,
               m.resource_key, m.group_id, m.group_index, a.k, a.r, a.s
-), unlocked AS ("""
-    + _KEY_DONE
-    + """), stored AS (
+"""
+
+_ACK_STORED = """
     INSERT INTO pg_task_result (
         task_id, status, result, error, traceback, task_name, queue_name, attempts,
         enqueued_at, started_at, finished_at, expires_at, group_id, group_index
@@ -192,7 +208,11 @@ WITH a AS (
 )
 SELECT msg_id FROM done, woken
 """
-)
+
+JOB_ACK = _ACK_DONE + "), unlocked AS (" + _KEY_DONE + "), stored AS (" + _ACK_STORED
+
+#: ``JOB_ACK`` for a batch in which no job holds a resource key: no lock or unpark step.
+JOB_ACK_KEYLESS = _ACK_DONE + "), stored AS (" + _ACK_STORED
 
 #: Put failed-but-retryable jobs back, due after their backoff. Gated on the lease.
 JOB_RETRY = (
@@ -201,6 +221,9 @@ WITH done AS (
 UPDATE pg_queue_message AS m
 SET state = 'ready',
     available_at = now() + make_interval(secs => a.delay),
+    scheduled = a.delay > """
+    + str(SCHEDULE_AHEAD)
+    + """,
     lease_token = NULL,
     vt = NULL,
     worker_id = '',

@@ -9,7 +9,7 @@ rest of the queue's own SQL, so that no other module spells queue SQL. Names are
 
 #: Due-now for delayed rows only: a row already due keeps its place in the claim order.
 JOB_RUN_NOW = """
-UPDATE pg_queue_message SET available_at = now()
+UPDATE pg_queue_message SET available_at = now(), scheduled = false
 WHERE msg_id = ANY(%(ids)s::bigint[]) AND state = 'ready' AND available_at > now()
 RETURNING msg_id, task_id, task_name, queue_name, state
 """

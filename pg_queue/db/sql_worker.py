@@ -66,3 +66,19 @@ SELECT EXISTS (
       )
 )
 """
+
+# --- scheduled jobs --------------------------------------------------------------------------
+
+#: Promote scheduled jobs due within ``ahead`` seconds into the claim index (clear
+#: ``scheduled``), earliest first, at most ``limit``; rows another promoter holds are skipped.
+JOB_PROMOTE = """
+UPDATE pg_queue_message AS m SET scheduled = false
+FROM (
+    SELECT msg_id FROM pg_queue_message
+    WHERE scheduled AND available_at <= now() + make_interval(secs => %(ahead)s)
+    ORDER BY available_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE m.msg_id = due.msg_id
+"""

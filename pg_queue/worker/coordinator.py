@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from pg_queue import metrics
-from pg_queue.core.conf import TENANT_WAKE, QueueSettings
+from pg_queue.core.conf import KEY_WAKE, TENANT_WAKE, QueueSettings
 from pg_queue.core.continuations import lenient_on_error
 from pg_queue.core.exceptions import PayloadError, TaskNotFound
 from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, storable_text
@@ -43,8 +43,8 @@ logger = logging.getLogger("pg_queue.worker")
 RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 #: Mean task time above which prefetch shrinks to one waiting job per thread.
 SLOW_TASK_SECONDS = 0.1
-#: Seconds between the probes for tenants' jobs in the worker's queues (one index probe each).
-TENANT_PROBE_INTERVAL = 1.0
+#: Seconds between the probes of what the worker's queues hold (tenants' jobs, keyed jobs).
+KINDS_PROBE_INTERVAL = 1.0
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -105,23 +105,26 @@ class Coordinator:
         self._notified: set[str] = set()
         self._all_queues_claimed_at = 0.0
         # Queues holding a tenant's job are claimed round-robin across tenants (JOB_CLAIM_FAIR),
-        # the others by the plain claim, which leaves tenants' jobs alone. A tenant-marked
-        # NOTIFY switches a queue at once; a probe every TENANT_PROBE_INTERVAL finds the jobs no
-        # NOTIFY announced (delayed, retried, requeued) and switches drained queues back.
+        # the others by the plain claim, which leaves tenants' jobs alone; queues with no live
+        # job that has a resource key by the keyless claim, which leaves keyed jobs alone. A
+        # marked NOTIFY switches a queue at once; a probe every KINDS_PROBE_INTERVAL finds the
+        # jobs no NOTIFY announced (delayed, retried, requeued) and switches queues back. A queue
+        # is keyed from the start, until the first probe.
         self._fair: set[str] = set()
-        self._fair_hints: set[str] = set()  # from NOTIFYs, merged by the claiming thread
+        self._keyed: set[str] = set(queues)
+        self._hints: list[tuple[str, str]] = []  # (queue, mark) from NOTIFYs, for the claimer
         self._tenant_start: dict[str, tuple[str, int]] = {}  # where, and how many last time
-        self._tenant_probe_at = 0.0
+        self._kinds_probe_at = 0.0
         self._woken_by_wake = False  # did the last idle wait end by a wake-up (not a timeout)?
 
     # --- wake-ups -----------------------------------------------------------------------------
 
     def on_notify(self, payload: str) -> None:
         """A NOTIFY on the queue channel: the payload names a queue with new jobs."""
-        queue = payload.removesuffix(TENANT_WAKE)
+        queue, mark, marks = payload.partition("\x1f")
         if queue in self.queues:
-            if queue != payload:
-                self._fair_hints.add(queue)
+            if mark:
+                self._hints.append((queue, mark + marks))
             self._notified.add(queue)
             self.wake_event.set()
 
@@ -277,11 +280,16 @@ class Coordinator:
         elif len(order) > 1:
             self._all_queues_claimed_at = now
         self._last_claim_full = False
-        if now >= self._tenant_probe_at and limit > 0:
-            self._tenant_probe_at = now + TENANT_PROBE_INTERVAL
-            self._fair = queries.queues_with_tenants(self.conn, list(self.queues))
-        hints, self._fair_hints = self._fair_hints, set()
-        self._fair |= hints
+        if now >= self._kinds_probe_at and limit > 0:
+            self._kinds_probe_at = now + KINDS_PROBE_INTERVAL
+            kinds = queries.queue_kinds(self.conn, list(self.queues))
+            self._fair, self._keyed = kinds.tenants, kinds.keyed
+        hints, self._hints = self._hints, []
+        for queue, marks in hints:
+            if TENANT_WAKE in marks:
+                self._fair.add(queue)
+            if KEY_WAKE in marks:
+                self._keyed.add(queue)
         for queue_name in order:
             if limit - total <= 0:
                 break
@@ -298,7 +306,12 @@ class Coordinator:
         lease, worker_id = self.conf.lease_seconds, self.worker_id
         if queue not in self._fair:
             return queries.job_claim(
-                self.conn, queue=queue, limit=limit, lease=lease, worker_id=worker_id
+                self.conn,
+                queue=queue,
+                limit=limit,
+                lease=lease,
+                worker_id=worker_id,
+                keyed=queue in self._keyed,
             )
         start, tenants = self._tenant_start.get(queue, ("", 1))
         fair = queries.job_claim_fair(

@@ -171,7 +171,7 @@ class Worker:
             max_tasks=max_tasks,
             time_limit=self.time_limit,
             shutdown_grace=shutdown_grace,
-            connect=self._connect,
+            connect=self._claim_connection,
             inflight=self.inflight,
             pool=self.pool,
             finisher=self.finisher,
@@ -324,6 +324,9 @@ class Worker:
 
     def _connect(self) -> psycopg.Connection[Any]:
         return connection.worker_connection(self.database, pooled=self.pooled)
+
+    def _claim_connection(self) -> psycopg.Connection[Any]:
+        return connection.worker_connection(self.database, pooled=self.pooled, claims=True)
 
     def _listen_connection(self) -> psycopg.Connection[Any]:
         return connection.worker_connection(self.database, pooled=True)  # LISTEN needs no SET

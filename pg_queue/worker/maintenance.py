@@ -6,6 +6,9 @@
   guard: an undecodable one loses its ``on_error`` (logged), never the sweep.
 - Worker rows of processes that died without unregistering are pruned; expired resource locks
   of holders outside the worker, and locks whose job no longer holds a claim, are swept.
+- Scheduled jobs (with the re-arm, at least every ``PROMOTE_INTERVAL_MAX``): jobs due within
+  ``sql.SCHEDULE_AHEAD`` (60 s) are promoted into the claim index, so they are claimable
+  before they are due; until then a claim never reads them.
 - Result retention (every ``RESULT_SWEEP_INTERVAL``): expired results are deleted in bounded
   batches until none is left, so retention keeps up with any drain rate.
 
@@ -46,6 +49,11 @@ REARM_BATCH = 1000
 WORKER_ROW_STALE_MIN = 60.0
 #: Rows one retention statement deletes; a sweep repeats it until fewer come back.
 SWEEP_BATCH = 5000
+#: Rows one promotion statement touches (it repeats until fewer come back).
+PROMOTE_BATCH = 5000
+#: Longest gap between promotions of scheduled jobs, whatever ``REARM_INTERVAL`` is: a quarter
+#: of ``sql.SCHEDULE_AHEAD``, so a job is in the claim index well before it is due.
+PROMOTE_INTERVAL_MAX = 15.0
 #: Longest one pass of either sweep keeps going (seconds) before it yields to the next tick.
 PASS_BUDGET = 10.0
 
@@ -86,7 +94,7 @@ class Maintenance(Service):
                 try:
                     if now >= next_rearm:
                         self._rearm_pass()
-                        next_rearm = time.monotonic() + self.conf.rearm_interval
+                        next_rearm = time.monotonic() + self._rearm_every()
                     if now >= next_sweep:
                         self._sweep_pass()
                         next_sweep = time.monotonic() + self.conf.result_sweep_interval
@@ -96,12 +104,15 @@ class Maintenance(Service):
                     if self._conn is not None and (self._conn.closed or self._conn.broken):
                         self._conn.close()
                         self._conn = None
-                    next_rearm = min(next_rearm, time.monotonic() + self.conf.rearm_interval)
+                    next_rearm = min(next_rearm, time.monotonic() + self._rearm_every())
                 self.stopping.wait(max(0.0, min(next_rearm, next_sweep) - time.monotonic()))
         finally:
             if self.stopping.is_set() and self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def _rearm_every(self) -> float:
+        return min(self.conf.rearm_interval, PROMOTE_INTERVAL_MAX)
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -145,6 +156,10 @@ class Maintenance(Service):
                 kind,
                 holder,
             )
+        while not self.stopping.is_set():
+            promoted = queries.job_promote(conn, limit=PROMOTE_BATCH)
+            if promoted < PROMOTE_BATCH or time.monotonic() >= deadline:
+                break
         unparked = conn.execute(sql_workflows.KEY_UNPARK_SWEEP).fetchall()
         if unparked:
             logger.info(

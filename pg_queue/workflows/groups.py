@@ -91,7 +91,9 @@ def _insert(using: str, params: dict[str, Any]) -> None:
     with connections[using].cursor() as cursor:
         cursor.execute(sql.insert_many(params), params)
         if queue_settings().notify:
-            wakes = map(wake_payload, params["queues"], params["tenant_keys"])
+            wakes = map(
+                wake_payload, params["queues"], params["tenant_keys"], params["resource_keys"]
+            )
             for wake in sorted(set(wakes)):
                 cursor.execute(sql.NOTIFY, {"channel": NOTIFY_CHANNEL, "queue": wake})
 

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 import random
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from django.db import connection
 from pg_queue.core.outcomes import Bury, ClaimedJob, RetryLater, Success
 from pg_queue.core.payload import loads
 from pg_queue.db import connection as db_connection
-from pg_queue.db import queries, sql_worker
+from pg_queue.db import queries, sql, sql_claim, sql_worker
 from pg_queue.models import DeadLetter, Job, TaskResult
 from pg_queue.producer import enqueue, enqueue_many, job
 from workers import tasks
@@ -253,8 +254,10 @@ def test_lease_renewal_skips_a_row_locked_elsewhere_and_keeps_it_ours(conn):
 def test_lease_renewals_are_hot_updates(conn):
     """Renewing a lease changes only vt, which no index covers: the update stays on its page
     and touches no index (a HOT update), however many leases a worker renews each beat."""
-    enqueue_many(job("workers.tasks.echo", [i]) for i in range(10))
-    msgs = queries.job_claim(conn, queue="default", limit=10, lease=5, worker_id="w")
+    # Five rows: their claimed versions and two renewals' fit on the page they were written to
+    # (with ten, the second renewal ran out of room on it; then an update cannot be HOT).
+    enqueue_many(job("workers.tasks.echo", [i]) for i in range(5))
+    msgs = queries.job_claim(conn, queue="default", limit=5, lease=5, worker_id="w")
     held = {m.msg_id: m.lease_token for m in msgs}
     # This backend's counts not yet flushed to the cumulative statistics (the claim's too).
     counts = (
@@ -266,7 +269,7 @@ def test_lease_renewals_are_hot_updates(conn):
         for lease in (LEASE, LEASE + 1):  # now() is fixed in a transaction: a new vt each time
             assert queries.lease_renew(conn, held, lease=lease).renewed == set(held)
         updated, hot = conn.execute(counts).fetchone()
-    assert (updated - updated_before, hot - hot_before) == (20, 20)
+    assert (updated - updated_before, hot - hot_before) == (10, 10)
 
 
 def test_retry_puts_the_job_back_after_its_delay_with_the_error(conn):
@@ -277,11 +280,13 @@ def test_retry_puts_the_job_back_after_its_delay_with_the_error(conn):
     assert (row.state, row.lease_token, row.vt, row.worker_id) == ("ready", None, None, "")
     assert (row.attempts, row.last_error) == (1, "ValueError: no")
     assert row.available_at - db_now() > dt.timedelta(seconds=3500)
+    assert row.scheduled  # an hour away: out of the claim index until promoted
     assert claim_all(conn) == []  # not due yet
 
     msg2 = dataclasses.replace(msg)
     assert queries.job_retry(conn, [RetryLater(msg2, 0.0, "again")]) == set()  # not claimed
     Job.objects.update(available_at=db_now())
+    assert queries.job_promote(conn, limit=10) == 1  # the maintenance pass's promotion
     again = claim_one(conn)
     assert (again.msg_id, again.attempts) == (msg.msg_id, 2)
 
@@ -418,7 +423,54 @@ def test_delayed_job_is_not_claimable_before_its_time(conn):
     enqueue("workers.tasks.echo", [1], delay=3600)
     assert claim_all(conn) == []
     Job.objects.update(available_at=db_now() - dt.timedelta(seconds=1))
+    assert claim_all(conn) == []  # scheduled: no claim reads it until it is promoted
+    assert queries.job_promote(conn, limit=10) == 1
     assert len(claim_all(conn)) == 1
+
+
+def test_a_job_is_scheduled_only_when_due_beyond_the_promotion_horizon(conn):
+    """Jobs due within SCHEDULE_AHEAD go straight into the claim index; later ones wait out of
+    it, whichever enqueue path wrote them, and are promoted before they are due."""
+    enqueue("workers.tasks.echo", [1], delay=sql.SCHEDULE_AHEAD - 5)
+    enqueue("workers.tasks.echo", [2], delay=sql.SCHEDULE_AHEAD + 5)
+    enqueue("workers.tasks.echo", [3], eta=db_now() + dt.timedelta(days=1))
+    enqueue_many(
+        [job("workers.tasks.echo", [4], delay=30), job("workers.tasks.echo", [5], delay=86_400)]
+    )
+    enqueue_many([job("workers.tasks.echo", [6], delay=86_400, resource_key="k")])
+    scheduled = dict(Job.objects.values_list("payload__args__0", "scheduled"))
+    assert scheduled == {1: False, 2: True, 3: True, 4: False, 5: True, 6: True}
+    # Promotion takes what is due within the horizon, earliest first, and nothing else.
+    Job.objects.filter(payload__args__0=2).update(available_at=db_now() + dt.timedelta(seconds=30))
+    assert queries.job_promote(conn, limit=10) == 1
+    assert set(Job.objects.filter(scheduled=True).values_list("payload__args__0", flat=True)) == {
+        3,
+        5,
+        6,
+    }
+
+
+def test_a_claim_reads_no_scheduled_job(conn):
+    """20,000 jobs delayed by a day beside 50 due ones: the claim's index scan returns the 50
+    due rows and reads nothing else (before scheduled jobs left the index, it walked all 20,000
+    future rows on every claim that found fewer due jobs than its limit)."""
+    enqueue_many(job("workers.tasks.echo", [i], delay=86_400) for i in range(20_000))
+    enqueue_many(job("workers.tasks.echo", [i]) for i in range(50))
+    conn.execute("VACUUM ANALYZE pg_queue_message")
+    with conn.transaction():
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql_claim.JOB_CLAIM,
+                {"queue": "default", "limit": 100, "lease": LEASE, "worker_id": "w"},
+            ).fetchall()
+        )
+        conn.execute("ROLLBACK")
+    scan = plan[plan.index("Index Scan using pg_queue_msg_claim_idx") :]
+    assert "rows=50 loops=1" in scan.splitlines()[0], plan
+    buffers = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", scan)
+    assert buffers is not None, plan
+    assert int(buffers.group(1)) + int(buffers.group(2) or 0) < 20, plan
 
 
 def test_delayed_job_becomes_claimable_once_due(conn):
@@ -499,3 +551,12 @@ def test_a_claimed_batch_comes_back_in_claim_order(conn):
         *range(1, 30, 3),
         *range(0, 30, 3),
     ]
+
+
+def test_a_worker_promotes_and_runs_a_scheduled_job_once_its_time_comes(run_worker):
+    handle = enqueue("workers.tasks.echo", [7], delay=86_400)
+    Job.objects.update(available_at=db_now() - dt.timedelta(seconds=1))  # its day has passed
+    assert Job.objects.get().scheduled
+    code, output = run_worker()
+    assert code == 0, output
+    assert TaskResult.objects.get(task_id=handle.task_id).status == "succeeded", output

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pg_queue.core.conf import NOTIFY_CHANNEL, TENANT_WAKE
+from pg_queue.core.conf import KEY_WAKE, NOTIFY_CHANNEL, TENANT_WAKE
 from pg_queue.core.outcomes import ClaimedJob
 from pg_queue.core.payload import loads
 from pg_queue.db import connection as db_connection
@@ -106,11 +106,11 @@ def test_every_tenant_gets_a_turn_when_there_are_more_tenants_than_a_batch(conn)
 def test_the_plain_claim_leaves_tenants_jobs_to_the_fair_one(conn) -> None:
     enqueue(ADD, [1, 1], tenant_key="acme")
     enqueue(ADD, [2, 2])
-    assert queries.queues_with_tenants(conn, ["default", "other"]) == {"default"}
+    assert queries.queue_kinds(conn, ["default", "other"]).tenants == {"default"}
     plain = queries.job_claim(conn, queue="default", limit=10, lease=LEASE, worker_id="w")
     assert [loads(m.payload_text)["args"] for m in plain] == [[2, 2]]
     assert [loads(m.payload_text)["args"] for m in fair(conn).jobs] == [[1, 1]]
-    assert queries.queues_with_tenants(conn, ["default"]) == set()
+    assert queries.queue_kinds(conn, ["default"]).tenants == set()
 
 
 def test_a_tenant_job_with_a_resource_key_still_holds_its_key(conn) -> None:
@@ -140,3 +140,35 @@ def test_a_worker_runs_a_late_tenant_before_5_percent_of_an_earlier_flood(run_wo
     last_late = max(i for i, (_, task_id) in enumerate(starts) if task_id in late)
     a_before = last_late + 1 - len(late)
     assert a_before < 250, f"{a_before} of tenant A's jobs started before tenant B's last one"
+
+
+# --- what the worker's claim must handle, per queue -----------------------------------------
+
+
+def test_the_keyless_claim_leaves_keyed_jobs_and_the_probe_finds_them(conn) -> None:
+    enqueue(ADD, [1, 1])
+    enqueue(ADD, [2, 2], resource_key="printer")
+    assert queries.queue_kinds(conn, ["default", "other"]).keyed == {"default"}
+    keyless = queries.job_claim(
+        conn, queue="default", limit=10, lease=LEASE, worker_id="w", keyed=False
+    )
+    assert [loads(m.payload_text)["args"] for m in keyless] == [[1, 1]]
+    assert keyless[0].resource_key is None
+    (keyed,) = queries.job_claim(conn, queue="default", limit=10, lease=LEASE, worker_id="w")
+    assert keyed.resource_key == "printer"
+    # Claimed, the keyed job still makes its queue keyed: its finish unparks the next one.
+    enqueue(ADD, [3, 3], resource_key="printer")
+    assert queries.queue_kinds(conn, ["default"]).keyed == {"default"}
+
+
+def test_a_keyed_enqueue_announces_its_key_to_the_workers(conn) -> None:
+    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+    enqueue(ADD, [1, 1], resource_key="printer")
+    enqueue(ADD, [1, 1], resource_key="scanner", tenant_key="acme")
+    enqueue_many([job(ADD, [i, 0], resource_key=f"k{i}") for i in range(2)])
+    payloads = [n.payload for n in conn.notifies(timeout=2.0, stop_after=3)]
+    assert payloads == [
+        "default" + KEY_WAKE,
+        "default" + TENANT_WAKE + KEY_WAKE,
+        "default" + KEY_WAKE,
+    ]

@@ -17,6 +17,7 @@ except ImportError as exc:
 else:
     _RICH_MISSING = None
 
+from pg_queue.bench import delayed as delayed_bench
 from pg_queue.bench import fairness as fairness_bench
 from pg_queue.bench import runner as bench
 from pg_queue.bench import workflows as workflow_bench
@@ -32,6 +33,7 @@ WORKLOADS = (
     "locks",
     "group",
     "fairness",
+    "delayed",
     "all",
 )
 DEFAULT_N = {
@@ -43,6 +45,7 @@ DEFAULT_N = {
     "locks": 20_000,
     "group": 1_000,
     "fairness": 50_100,
+    "delayed": 20_000,
 }
 #: Interleaved repetitions of each variant of the A/B workloads (their figures are medians).
 DEFAULT_REPS = 3
@@ -50,8 +53,8 @@ DEFAULT_REPS = 3
 
 class Command(BaseCommand):
     help = (
-        "Benchmark pg_queue: drain, enqueue, latency, rpc, scale, locks, group and fairness "
-        "workloads."
+        "Benchmark pg_queue: drain, enqueue, latency, rpc, scale, locks, group, fairness and "
+        "delayed workloads."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -61,7 +64,7 @@ class Command(BaseCommand):
             "--reps",
             type=int,
             default=DEFAULT_REPS,
-            help="repetitions of each variant of locks, group and fairness "
+            help="repetitions of each variant of locks, group, fairness and delayed "
             f"(medians; {DEFAULT_REPS})",
         )
         parser.add_argument(
@@ -147,6 +150,8 @@ class Command(BaseCommand):
             return workflow_bench.workload_group(n, reps, progress=report)
         if workload == "fairness":
             return fairness_bench.workload_fairness(n, reps, progress=report)
+        if workload == "delayed":
+            return delayed_bench.workload_delayed(n, reps, progress=report)
         return bench.workload_scale(n, min(20_000, max(1, n // 10)), progress=report)
 
 
