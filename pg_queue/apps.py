@@ -1,3 +1,4 @@
+import importlib.util
 from typing import Any
 
 from django.apps import AppConfig
@@ -23,13 +24,23 @@ class PgQueueConfig(AppConfig):
 
 def _enable_django_tasks() -> None:
     """On Django 6.0+, let workers run jobs of ``pg_queue.tasks_backend.PgQueueBackend``: the
-    registry asks the backend about task names it wrote (imported by path on first sight)."""
-    from pg_queue.tasks_backend import HAS_DJANGO_TASKS, resolve_task
-
-    if HAS_DJANGO_TASKS:
+    registry asks the backend about task names it wrote (imported by path on first sight).
+    The backend module (and ``django.tasks``) is imported on the first such name, not here:
+    every process pays for ``ready()``, a worker's start-up included."""
+    if importlib.util.find_spec("django.tasks") is not None:
         from pg_queue.registry import add_fallback
 
-        add_fallback(resolve_task)
+        add_fallback(_resolve_django_task)
+
+
+def _resolve_django_task(name: str) -> Any:
+    from pg_queue.registry import DJANGO_TASK_PREFIX
+
+    if not name.startswith(DJANGO_TASK_PREFIX):
+        return None
+    from pg_queue.tasks_backend import resolve_task
+
+    return resolve_task(name)
 
 
 def _csp_nonce_attr(context: Any) -> SafeString:

@@ -299,9 +299,11 @@ def _check_psycopg() -> list[CheckMessage]:
 @register(Tags.admin)
 def check_admin_features(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Admin features that need a newer Django than the installed one, said once."""
+    if not apps.is_installed("django.contrib.admin"):
+        return []
     from django.contrib import admin
 
-    if not apps.is_installed("django.contrib.admin") or hasattr(admin, "ActionLocation"):
+    if hasattr(admin, "ActionLocation"):
         return []
     return [
         Info(

@@ -95,6 +95,11 @@ type Fallback = Callable[[str], Task | None]
 _fallbacks: list[Fallback] = []
 
 
+#: How a job written by the Django Tasks backend names its task: this marker, then the task's
+#: module path (``pg_queue.tasks_backend``).
+DJANGO_TASK_PREFIX = "django.tasks:"
+
+
 def add_fallback(fallback: Fallback) -> None:
     """Let ``resolve`` ask ``fallback`` for names nothing registered; adding it again is a no-op."""
     with _lock:

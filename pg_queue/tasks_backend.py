@@ -54,7 +54,7 @@ from pg_queue.core.options import EnqueueOptions, JobSpec, check_queue_name
 from pg_queue.core.payload import coerce_json, dumps
 from pg_queue.jobspec import QUEUE_NAME_MAX, TASK_NAME_MAX, new_task_id
 from pg_queue.producer import enqueue_spec
-from pg_queue.registry import register_task
+from pg_queue.registry import DJANGO_TASK_PREFIX, register_task
 from pg_queue.tasks import Task as NativeTask
 
 logger = logging.getLogger("pg_queue.tasks_backend")
@@ -63,7 +63,7 @@ logger = logging.getLogger("pg_queue.tasks_backend")
 HAS_DJANGO_TASKS = importlib.util.find_spec("django.tasks") is not None
 
 #: How a job written by this backend names its task: the marker, then the task's module path.
-TASK_NAME_PREFIX = "django.tasks:"
+TASK_NAME_PREFIX = DJANGO_TASK_PREFIX
 #: ``OPTIONS`` keys the backend reads, and the default of each.
 OPTION_MAX_ATTEMPTS = "MAX_ATTEMPTS"
 DEFAULT_MAX_ATTEMPTS = 1
