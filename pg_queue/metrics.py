@@ -105,7 +105,9 @@ ENQUEUE_TO_START = histogram(
 
 
 class QueueDepthCollector:
-    """Queue depth by state and oldest ready age, read from the database at scrape time.
+    """Queue depth by state and oldest ready age, from the snapshot one worker refreshes
+    (``pg_queue_stats``, every ``QUEUE_STATS_INTERVAL``): a scrape never counts the queue
+    table. ``pg_queue_depth_snapshot_age_seconds`` says how old the figures are.
 
     A prometheus-client collector (it needs only ``collect``); build it only when
     ``prometheus`` is not None.
@@ -126,19 +128,27 @@ class QueueDepthCollector:
         oldest = GaugeMetricFamily(
             "pg_queue_oldest_ready_age_seconds", "Age of the oldest due job", labels=["queue"]
         )
+        age = GaugeMetricFamily(
+            "pg_queue_depth_snapshot_age_seconds",
+            "Seconds since the depth figures were counted (one worker recounts them every "
+            "QUEUE_STATS_INTERVAL)",
+            labels=["queue"],
+        )
         try:
             with worker_connection(self.database) as conn:
-                rows = conn.execute(sql_ops.QUEUE_DEPTH).fetchall()
+                rows = conn.execute(sql_ops.QUEUE_STATS).fetchall()
         except Exception:
             logger.exception("queue depth scrape failed")
             return
-        for queue, ready, delayed, running, oldest_ready in rows:
+        for queue, ready, delayed, running, oldest_ready, taken_ago in rows:
             depth.add_metric([queue, "ready"], ready)
             depth.add_metric([queue, "delayed"], delayed)
             depth.add_metric([queue, "running"], running)
             oldest.add_metric([queue], float(oldest_ready))
+            age.add_metric([queue], float(taken_ago))
         yield depth
         yield oldest
+        yield age
 
 
 _depth_lock = threading.Lock()

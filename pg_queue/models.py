@@ -407,3 +407,27 @@ class LeaderLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} led by {self.holder} until {self.expires_at}"
+
+
+class QueueStats(models.Model):
+    """One queue's depth as of ``taken_at``: the snapshot ``/metrics`` serves.
+
+    Refreshed by the one worker that holds the ``queue_stats`` lease (``pg_leader_lease``),
+    every ``QUEUE_STATS_INTERVAL`` seconds (pg_queue/worker/maintenance.py), so that a scrape
+    reads this small table and never counts the queue table itself, however many processes
+    are scraped and however deep the queue is.
+    """
+
+    queue_name = models.CharField(max_length=200, primary_key=True)
+    ready = models.BigIntegerField()
+    delayed = models.BigIntegerField()
+    running = models.BigIntegerField()
+    oldest_ready_seconds = models.FloatField()
+    taken_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "pg_queue_stats"
+        verbose_name_plural = "queue stats"
+
+    def __str__(self) -> str:
+        return f"{self.queue_name}: {self.ready} ready at {self.taken_at}"

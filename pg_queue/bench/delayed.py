@@ -8,8 +8,9 @@ import statistics
 from pg_queue.bench.runner import NOOP, Figures, Progress, _bulk, _drain, cleanup
 from pg_queue.bench.workflows import _analyze, _rate
 
-#: Jobs delayed by a day that sit beside the due ones (the issue's figure), and their delay.
-DELAYED_JOBS, DELAY_SECONDS = 1_000_000, 86_400.0
+#: Jobs delayed by a day per due job (1,000,000 beside the default 20,000: the issue's
+#: figure), and their delay.
+DELAYED_PER_DUE, DELAY_SECONDS = 50, 86_400.0
 #: The drain rate the due jobs must keep against the same drain without the delayed rows.
 RATIO_REQUIRED = 0.80
 
@@ -23,12 +24,11 @@ def _drain_due(n: int, start: int, progress: Progress | None, label: str) -> flo
     return _rate(worker)
 
 
-def workload_delayed(
-    n: int, reps: int = 3, progress: Progress | None = None, delayed: int = DELAYED_JOBS
-) -> list[Figures]:
+def workload_delayed(n: int, reps: int = 3, progress: Progress | None = None) -> list[Figures]:
     """Drain ``n`` due no-ops (``--max-tasks n``), ``reps`` times without delayed rows, then
-    ``reps`` times beside ``delayed`` jobs due in a day (queued once, before the first of
-    those drains); medians."""
+    ``reps`` times beside ``50 n`` jobs due in a day (queued once, before the first of those
+    drains); medians."""
+    delayed = DELAYED_PER_DUE * n
     cleanup()
     alone = [
         _drain_due(n, 0, progress, f"delayed: {n:,} due alone ({rep + 1})") for rep in range(reps)

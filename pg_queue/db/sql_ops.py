@@ -249,6 +249,14 @@ SELECT 'message', state, NULL, last_error, '', attempts
 
 # --- metrics (pg_queue.metrics) -------------------------------------------------------------
 
+#: The queue-depth snapshot ``/metrics`` serves (``QUEUE_STATS_REFRESH`` below), with
+#: its age: a scrape reads this small table, never the queue table.
+QUEUE_STATS = """
+SELECT queue_name, ready, delayed, running, oldest_ready_seconds,
+       EXTRACT(EPOCH FROM now() - taken_at)::float8
+FROM pg_queue_stats
+"""
+
 #: Queue depth by state and the oldest due job's age, per queue.
 QUEUE_DEPTH = """
 SELECT queue_name,
@@ -259,6 +267,24 @@ SELECT queue_name,
                 FILTER (WHERE state = 'ready' AND available_at <= now())), 0) AS oldest_ready
 FROM pg_queue_message GROUP BY queue_name
 """
+
+#: Replace the snapshot with the current counts, in one statement; run by the holder of the
+#: ``queue_stats`` lease only: one count of the queue table per interval for the whole
+#: deployment, instead of one per scrape of every process.
+QUEUE_STATS_REFRESH = (
+    "WITH snap AS ("
+    + QUEUE_DEPTH
+    + """), gone AS (
+    DELETE FROM pg_queue_stats AS s
+    WHERE NOT EXISTS (SELECT 1 FROM snap WHERE snap.queue_name = s.queue_name)
+)
+INSERT INTO pg_queue_stats (queue_name, ready, delayed, running, oldest_ready_seconds, taken_at)
+SELECT queue_name, ready, delayed, running, oldest_ready, now() FROM snap
+ON CONFLICT (queue_name) DO UPDATE
+SET ready = EXCLUDED.ready, delayed = EXCLUDED.delayed, running = EXCLUDED.running,
+    oldest_ready_seconds = EXCLUDED.oldest_ready_seconds, taken_at = EXCLUDED.taken_at
+"""
+)
 
 # --- transaction settings and the clock ------------------------------------------------------
 

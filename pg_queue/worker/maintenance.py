@@ -9,6 +9,8 @@
 - Scheduled jobs (with the re-arm, at least every ``PROMOTE_INTERVAL_MAX``): jobs due within
   ``sql.SCHEDULE_AHEAD`` (60 s) are promoted into the claim index, so they are claimable
   before they are due; until then a claim never reads them.
+- The queue-depth snapshot ``/metrics`` serves (every ``QUEUE_STATS_INTERVAL``): recounted
+  by the one worker that holds the ``queue_stats`` lease, so scrapes never count the queue.
 - Result retention (every ``RESULT_SWEEP_INTERVAL``): expired results are deleted in bounded
   batches until none is left, so retention keeps up with any drain rate.
 
@@ -19,6 +21,7 @@ thread, so a slow sweep never delays a lease renewal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -32,8 +35,9 @@ from pg_queue import metrics
 from pg_queue.core.conf import QueueSettings
 from pg_queue.core.continuations import error_spec, lenient_on_error
 from pg_queue.core.options import JobSpec
-from pg_queue.db import queries, sql_worker, sql_workflows
+from pg_queue.db import queries, sql_ops, sql_worker, sql_workflows
 from pg_queue.models import DeadLetterReason
+from pg_queue.scheduling.leader import leader_acquire, leader_release
 from pg_queue.signals import chain_finished, group_finished, job_failed
 from pg_queue.worker.continuations import enqueue_continuations
 from pg_queue.worker.events import Events
@@ -54,6 +58,9 @@ PROMOTE_BATCH = 5000
 #: Longest gap between promotions of scheduled jobs, whatever ``REARM_INTERVAL`` is: a quarter
 #: of ``sql.SCHEDULE_AHEAD``, so a job is in the claim index well before it is due.
 PROMOTE_INTERVAL_MAX = 15.0
+#: Seconds between recounts of the queue-depth snapshot, and its lease's role; the lease lasts
+#: three intervals, so another worker takes over within that when its holder dies.
+QUEUE_STATS_INTERVAL, QUEUE_STATS_ROLE = 10.0, "queue_stats"
 #: Longest one pass of either sweep keeps going (seconds) before it yields to the next tick.
 PASS_BUDGET = 10.0
 
@@ -88,6 +95,7 @@ class Maintenance(Service):
         next_rearm = now
         # Spread the first sweep so that workers started together do not sweep together.
         next_sweep = now + self.conf.result_sweep_interval * random.random()
+        next_stats = now
         try:
             while not self.stopping.is_set():
                 now = time.monotonic()
@@ -95,6 +103,9 @@ class Maintenance(Service):
                     if now >= next_rearm:
                         self._rearm_pass()
                         next_rearm = time.monotonic() + self._rearm_every()
+                    if now >= next_stats:
+                        next_stats = time.monotonic() + QUEUE_STATS_INTERVAL
+                        self._stats_pass()
                     if now >= next_sweep:
                         self._sweep_pass()
                         next_sweep = time.monotonic() + self.conf.result_sweep_interval
@@ -105,11 +116,21 @@ class Maintenance(Service):
                         self._conn.close()
                         self._conn = None
                     next_rearm = min(next_rearm, time.monotonic() + self._rearm_every())
-                self.stopping.wait(max(0.0, min(next_rearm, next_sweep) - time.monotonic()))
+                wake_at = min(next_rearm, next_sweep, next_stats)
+                self.stopping.wait(max(0.0, wake_at - time.monotonic()))
         finally:
             if self.stopping.is_set() and self._conn is not None:
+                with contextlib.suppress(psycopg.Error):  # else it expires in 3 intervals
+                    leader_release(self._conn, role=QUEUE_STATS_ROLE, holder=self.worker_id)
                 self._conn.close()
                 self._conn = None
+
+    def _stats_pass(self) -> None:
+        """Recount the queue-depth snapshot if this worker holds (or takes) the lease."""
+        conn = self._connection()
+        ttl = 3 * QUEUE_STATS_INTERVAL
+        if leader_acquire(conn, role=QUEUE_STATS_ROLE, holder=self.worker_id, ttl=ttl):
+            conn.execute(sql_ops.QUEUE_STATS_REFRESH)
 
     def _rearm_every(self) -> float:
         return min(self.conf.rearm_interval, PROMOTE_INTERVAL_MAX)

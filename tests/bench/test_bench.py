@@ -44,6 +44,12 @@ from pg_queue.models import Job, JobGroup, ResourceLock, TaskResult, Worker
                 "group of 50: enqueue -> on_success started",
             },
         ),
+        (
+            "fairness",
+            300,
+            {"no tenant keys", "tenant A: 200 jobs, then tenant B: 100", "1,000 tenants"},
+        ),
+        ("delayed", 100, {"100 due, no delayed rows", "100 due beside 5,000 delayed by a day"}),
     ],
 )
 def test_bench_workload_reports_figures_and_cleans_up(
@@ -70,6 +76,12 @@ def test_bench_workload_reports_figures_and_cleans_up(
         assert any("ratio_to_free" in line for line in lines)
     if workload == "group":
         assert any("ratio_to_plain" in line for line in lines)
+    if workload == "fairness":
+        late = next(line for line in lines if "a_started_before_b_last_worst" in line)
+        # Without fairness all 200 of A would start first; B takes turns with A.
+        assert late["a_started_before_b_last_worst"] <= 150, late
+    if workload == "delayed":
+        assert any("ratio_to_no_delayed" in line for line in lines)
     assert not Job.objects.filter(queue_name="pg_queue_bench").exists()
     assert not TaskResult.objects.filter(queue_name="pg_queue_bench").exists()
     assert not Worker.objects.exists()

@@ -39,6 +39,7 @@ def test_every_migration_unapplies_and_applies_again():
         "pg_queue_routing_pin",
         "pg_queue_group",
         "pg_resource_lock",
+        "pg_queue_stats",
     }
     assert table_names() == tables
     try:

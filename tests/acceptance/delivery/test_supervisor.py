@@ -16,6 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from pg_queue import metrics
 from pg_queue.producer import enqueue, enqueue_many
+from pg_queue.worker.maintenance import QUEUE_STATS_INTERVAL
 from tests.acceptance.delivery.conftest import Db
 from tests.harness import descendants, free_port
 from workers import tasks as example_tasks
@@ -59,7 +60,13 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 def metric_names() -> dict[str, str]:
     """Every metric pg_queue.metrics defines: name -> Prometheus type."""
     names = {m._name: m._type for m in vars(metrics).values() if isinstance(m, Counter | Histogram)}
-    names.update({"pg_queue_depth": "gauge", "pg_queue_oldest_ready_age_seconds": "gauge"})
+    names.update(
+        {
+            "pg_queue_depth": "gauge",
+            "pg_queue_oldest_ready_age_seconds": "gauge",
+            "pg_queue_depth_snapshot_age_seconds": "gauge",
+        }
+    )
     return names
 
 
@@ -92,8 +99,17 @@ def test_supervisor_restarts_a_killed_child_and_serves_health(pgdb, workers):
     assert status == 200
     assert (sample(text, "pg_queue_claimed_total", queue="default") or 0) >= jobs, text
     assert (sample(text, "pg_queue_succeeded_total", queue="default") or 0) >= jobs, text
-    assert sample(text, "pg_queue_depth", queue="default", state="delayed") == 1, text
-    assert sample(text, "pg_queue_depth", queue="default", state="ready") == 0, text
+
+    def depth_recounted() -> bool:  # the snapshot is recounted every QUEUE_STATS_INTERVAL
+        text = http_get(port, "/metrics")[1]
+        return (
+            sample(text, "pg_queue_depth", queue="default", state="delayed") == 1
+            and sample(text, "pg_queue_depth", queue="default", state="ready") == 0
+        )
+
+    workers.wait_for(
+        depth_recounted, timeout=3 * QUEUE_STATS_INTERVAL, what="the depth snapshot", interval=0.5
+    )
 
     before = live_workers(pgdb)
     victim_id, victim_pid = sorted(before.items())[0]

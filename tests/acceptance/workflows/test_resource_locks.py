@@ -45,8 +45,11 @@ def test_jobs_of_one_key_never_overlap_across_processes_and_waiting_costs_no_att
     workers: Workers, wf: Db
 ) -> None:
     keys = [f"rag:/data/{c}" for c in "abcd"]
-    enqueue_many([tasks.keyed.job(keys[i % 4], 15) for i in range(200)])
     workers.start("--queues", tasks.QUEUE, "--processes", "2", "--concurrency", "8")
+    # Both children up before the jobs exist: the drain takes about a second, less than one
+    # child's start can lag the other's on a loaded machine.
+    workers.wait_for(lambda: wf.value("SELECT count(*) FROM pg_worker") == 2, 60, "two children")
+    enqueue_many([tasks.keyed.job(keys[i % 4], 15) for i in range(200)])
 
     workers.wait_for(lambda: ended(wf) == 200, DRAIN_TIMEOUT, "200 keyed jobs to run")
     workers.wait_for(
