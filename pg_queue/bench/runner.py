@@ -24,7 +24,7 @@ from pg_queue.db import sql_ops
 from pg_queue.models import JobGroup, ResourceLock
 from pg_queue.producer import call, enqueue, enqueue_many, job
 
-NOOP, ECHO = "pg_queue.bench.noop", "pg_queue.bench.echo"
+NOOP, ECHO, STAMP = "pg_queue.bench.noop", "pg_queue.bench.echo", "pg_queue.bench.stamp"
 #: Every resource key the bench takes starts with this (``cleanup`` drops their locks).
 KEY_PREFIX = "pg_queue_bench:"
 #: Longest any single workload may run before it is abandoned (every wait has a timeout).
@@ -104,6 +104,7 @@ class WorkerProcess:
             *args,
         ]
         env = {**os.environ, "PG_QUEUE_LOG_LEVEL": "WARNING"}
+        self.popen_at = time.time()  # start-up is measured from here, as the peers' harness does
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -224,20 +225,25 @@ def _drain(n: int, progress: Progress | None, label: str, *args: str) -> WorkerP
 def workload_drain(n: int, store_results: bool, progress: Progress | None = None) -> Figures:
     """W1: drain ``n`` pre-enqueued no-op jobs with one worker command (default settings).
 
-    The rate is jobs / the worker's own busy time (first claim to last ack), so interpreter
-    start-up is excluded and no polling query competes with the worker.
+    On the peers' basis (``bench-peers``): the rate is jobs / the time from starting the worker
+    process to its last ack, start-up included; beside it the steady rate, jobs / the worker's
+    own busy time (first claim to last ack), and the start-up time (process start to first
+    claim).
     """
     cleanup()
     _bulk(ECHO if store_results else NOOP, n)
     worker = _drain(n, progress, "drain", "--burst")
     cleanup()
     stats = worker.stats
+    startup = max(0.0, stats["first_claim_at"] - worker.popen_at)
     return Figures(
         "drain",
         "results stored" if store_results else "results off",
         n,
-        jobs_per_s=stats["succeeded"] / max(stats["busy_s"], 1e-9),
+        jobs_per_s=stats["succeeded"] / max(startup + stats["busy_s"], 1e-9),
         extra={
+            "steady_jobs_per_s": round(stats["succeeded"] / max(stats["busy_s"], 1e-9)),
+            "startup_s": round(startup, 3),
             "worker_rss_mb": round(worker.peak_rss_kb / 1024, 1),
             "mean_claim_batch": round(stats["claimed"] / max(stats["claim_queries"], 1), 1),
             "mean_ack_batch": round(stats["claimed"] / max(stats["finish_batches"], 1), 1),
@@ -264,24 +270,34 @@ def workload_enqueue(n: int, progress: Progress | None = None) -> list[Figures]:
     ]
 
 
-def _task_latencies_ms(task_ids: list[str]) -> list[float]:
+def _task_starts(task_ids: list[str]) -> list[tuple[str, float, float]]:
+    """(task id, its ``stamp`` result: the task's first line as epoch seconds, ms from the
+    row's insert to the start the worker recorded) per job."""
     with connection.cursor() as cursor:
-        cursor.execute(sql_ops.BENCH_LATENCIES_MS, [task_ids])
-        return [float(r[0]) for r in cursor.fetchall()]
+        cursor.execute(sql_ops.BENCH_STARTS, [task_ids])
+        return [(str(r[0]), float(r[1]), float(r[2])) for r in cursor.fetchall()]
 
 
 def workload_latency(
     n: int, notify: bool, gap: float = 0.02, progress: Progress | None = None
 ) -> Figures:
-    """W3: enqueue-to-start latency, ``n`` jobs ``gap`` seconds apart, idle worker."""
+    """W3: enqueue-to-start latency, ``n`` jobs ``gap`` seconds apart, idle worker.
+
+    On the peers' basis: from just before the ``enqueue()`` call to the task's first line
+    (``time.time()`` in both processes, one machine). Beside it, from the row's insert time
+    (the database's ``now()`` in the enqueuing transaction) to the start the worker recorded.
+    """
     cleanup()
     worker = WorkerProcess(notify=notify)
     try:
         worker.wait_registered()
         ids = []
+        called: dict[str, float] = {}
         next_at = time.perf_counter()
         for i in range(n):
-            ids.append(str(enqueue(ECHO, [i]).task_id))
+            t_call = time.time()
+            ids.append(str(enqueue(STAMP, [i]).task_id))
+            called[ids[-1]] = t_call
             if progress is not None and i % 20 == 0:
                 progress("latency", float(i), float(n))
             next_at += gap
@@ -289,13 +305,25 @@ def workload_latency(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and _scalar(sql_ops.BENCH_FINISHED, [ids]) < n:
             time.sleep(0.05)
-        lat = _task_latencies_ms(ids)
+        starts = _task_starts(ids)
     finally:
         worker.stop()
     cleanup()
-    p50, p95, p99 = _percentiles(lat)
+    p50, p95, p99 = _percentiles([(entered - called[t]) * 1000 for t, entered, _ in starts])
+    i50, i95, i99 = _percentiles([from_insert for _, _, from_insert in starts])
     return Figures(
-        "latency", "wake-ups on" if notify else "wake-ups off (poll)", n, None, p50, p95, p99
+        "latency",
+        "wake-ups on" if notify else "wake-ups off (poll)",
+        n,
+        None,
+        p50,
+        p95,
+        p99,
+        extra={
+            "from_insert_p50_ms": round(i50, 2),
+            "from_insert_p95_ms": round(i95, 2),
+            "from_insert_p99_ms": round(i99, 2),
+        },
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pg_queue.tasks import task
 
 BENCH_QUEUE = "pg_queue_bench"
@@ -17,6 +19,14 @@ def noop(n: int) -> int:
 def echo(n: int) -> int:
     """The same no-op with its result stored (the default for tasks)."""
     return n
+
+
+@task(name="pg_queue.bench.stamp", queue=BENCH_QUEUE)
+def stamp(n: int) -> float:
+    """The latency workload's task: returns the wall clock at its start, as the peers'
+    harness's task records it (``pg_task_result.started_at`` is anchored on the claim
+    statement's database time, up to a claim's duration early)."""
+    return time.time()
 
 
 @task(name="pg_queue.bench.add", queue=BENCH_QUEUE)

@@ -358,8 +358,10 @@ BENCH_WORKER_UP = "SELECT count(*) FROM pg_worker WHERE pid = %s"
 BENCH_JOBS_DELETED = "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'pg_queue_message'"
 #: How many of these jobs have an outcome.
 BENCH_FINISHED = "SELECT count(*) FROM pg_task_result WHERE task_id = ANY(%s::uuid[])"
-#: Enqueue-to-start latency of these jobs, in milliseconds.
-BENCH_LATENCIES_MS = """
-SELECT EXTRACT(EPOCH FROM started_at - enqueued_at) * 1000 FROM pg_task_result
-WHERE task_id = ANY(%s::uuid[])
+#: What these ``stamp`` jobs returned (their start, epoch seconds), and ms from their insert to
+#: their recorded start.
+BENCH_STARTS = """
+SELECT task_id, (result #>> '{}')::float8,
+       (EXTRACT(EPOCH FROM started_at - enqueued_at) * 1000)::float8
+FROM pg_task_result WHERE task_id = ANY(%s::uuid[])
 """

@@ -331,6 +331,7 @@ class Coordinator:
         now = time.monotonic()
         if not self.stats.claimed:
             self.stats.first_claim = now
+            self.stats.first_claim_at = time.time()
         self.stats.claimed += len(claimed)
         metrics.CLAIMED.labels(claimed[0].queue_name).inc(len(claimed))
         self.inflight.add(claimed)

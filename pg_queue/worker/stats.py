@@ -28,6 +28,7 @@ class WorkerStats:
     finish_batches: int = 0  # finish writes (jobs/finish_batches = mean ack batch)
     swept: int = 0  # expired results deleted by this worker's retention sweeps
     first_claim: float = 0.0  # time.monotonic() of the first non-empty claim
+    first_claim_at: float = 0.0  # time.time() of it (benchmarks measure start-up with it)
     last_finish: float = 0.0  # time.monotonic() of the last finish write
 
     @property
@@ -40,4 +41,5 @@ class WorkerStats:
             k: v for k, v in self.__dict__.items() if k not in ("first_claim", "last_finish")
         }
         out["busy_s"] = round(self.busy_seconds, 3)
+        out["first_claim_at"] = round(self.first_claim_at, 4)
         return out
