@@ -19,6 +19,16 @@ _CLAIMED = """m.msg_id, m.task_id, m.task_name, m.queue_name, m.payload::text, m
           m.max_attempts, m.lease_token, m.enqueued_at, m.available_at, now(),
           m.cancel_requested, m.group_id, m.group_index, m.resource_key"""
 
+#: Every claim marks the rows it picked (a CTE named ``picked``) as ours.
+_MARK = """UPDATE pg_queue_message AS m
+SET state = 'claimed',
+    lease_token = gen_random_uuid(),
+    vt = now() + make_interval(secs => %(lease)s),
+    attempts = m.attempts + 1,
+    worker_id = %(worker_id)s
+FROM picked AS p
+WHERE m.msg_id = p.msg_id"""
+
 #: Resource locks (both forms): a row whose ``resource_key`` is held is not a candidate at all,
 #: so a held key never blocks the keyless and other-key rows behind it.
 _KEY_FREE = """
@@ -51,14 +61,9 @@ _LOCK_AND_MARK = (
     WHERE l.expires_at IS NOT NULL AND l.expires_at <= now()
     RETURNING l.task_id
 )
-UPDATE pg_queue_message AS m
-SET state = 'claimed',
-    lease_token = gen_random_uuid(),
-    vt = now() + make_interval(secs => %(lease)s),
-    attempts = m.attempts + 1,
-    worker_id = %(worker_id)s
-FROM picked AS p
-WHERE m.msg_id = p.msg_id
+"""
+    + _MARK
+    + """
   AND (p.resource_key IS NULL OR p.task_id IN (SELECT task_id FROM locked))
 RETURNING """
     + _CLAIMED
@@ -79,14 +84,9 @@ WITH picked AS (
     LIMIT %(limit)s
     FOR UPDATE OF m SKIP LOCKED
 )
-UPDATE pg_queue_message AS m
-SET state = 'claimed',
-    lease_token = gen_random_uuid(),
-    vt = now() + make_interval(secs => %(lease)s),
-    attempts = m.attempts + 1,
-    worker_id = %(worker_id)s
-FROM picked AS p
-WHERE m.msg_id = p.msg_id
+"""
+    + _MARK
+    + """
 RETURNING """
     + _CLAIMED
     + """, m.priority
