@@ -280,10 +280,6 @@ class Coordinator:
         elif len(order) > 1:
             self._all_queues_claimed_at = now
         self._last_claim_full = False
-        if now >= self._kinds_probe_at and limit > 0:
-            self._kinds_probe_at = now + KINDS_PROBE_INTERVAL
-            kinds = queries.queue_kinds(self.conn, list(self.queues))
-            self._fair, self._keyed = kinds.tenants, kinds.keyed
         hints, self._hints = self._hints, []
         for queue, marks in hints:
             if TENANT_WAKE in marks:
@@ -299,7 +295,20 @@ class Coordinator:
                 self._accept(claimed)
                 total += len(claimed)
         self._last_claim_full = total >= limit
+        if now >= self._kinds_probe_at and limit > 0:
+            self._probe_kinds(now)
         return total
+
+    def _probe_kinds(self, now: float) -> None:
+        """Refresh which queues hold tenants' or keyed jobs. After the claims, not before:
+        a job whose NOTIFY woke the loop never waits for this round trip. When a queue turns
+        out to need another claim statement, the loop claims again at once."""
+        assert self.conn is not None
+        self._kinds_probe_at = now + KINDS_PROBE_INTERVAL
+        kinds = queries.queue_kinds(self.conn, list(self.queues))
+        if kinds.tenants - self._fair or kinds.keyed - self._keyed:
+            self.wake_event.set()
+        self._fair, self._keyed = kinds.tenants, kinds.keyed
 
     def _claim_queue(self, queue: str, limit: int) -> list[ClaimedJob]:
         assert self.conn is not None
