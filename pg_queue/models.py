@@ -123,6 +123,13 @@ class Job(models.Model):
                 name="pg_queue_msg_key_parked_idx",
                 condition=models.Q(parked=True),
             ),
+            # Does a queue hold a claimable or running keyed job (the worker's once-a-second
+            # probe, QUEUE_KINDS): one probe per queue, however many keys other queues use.
+            models.Index(
+                fields=["queue_name"],
+                name="pg_queue_msg_keyed_queue_idx",
+                condition=models.Q(resource_key__isnull=False, parked=False, scheduled=False),
+            ),
             # A group's queued children (admin, cancel): group members only, so jobs outside
             # groups write no entry.
             models.Index(

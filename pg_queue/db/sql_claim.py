@@ -170,17 +170,28 @@ WITH RECURSIVE seen(tenant_key) AS (
 #: Per queue: does it hold a ready job of a tenant (one index probe: the worker claims it with
 #: ``JOB_CLAIM_FAIR``), and a job with a resource key that is claimed or due unparked (the
 #: worker claims it with a key-aware statement, else with ``JOB_CLAIM_KEYLESS``)? The second
-#: reads the live keyed rows, one or two per key in use.
+#: walks ``pg_queue_msg_keyed_queue_idx`` from queue to queue (``keyed``: one probe per queue
+#: that has keyed jobs, whatever their number); an EXISTS per queue would let the planner pick
+#: a sequential scan that stops at the first match, which reads the whole table for a queue
+#: with none.
 QUEUE_KINDS = """
+WITH RECURSIVE keyed(q) AS (
+    (SELECT m.queue_name FROM pg_queue_message AS m
+     WHERE m.resource_key IS NOT NULL AND NOT m.parked AND NOT m.scheduled
+     ORDER BY m.queue_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.queue_name FROM pg_queue_message AS m
+            WHERE m.resource_key IS NOT NULL AND NOT m.parked AND NOT m.scheduled
+              AND m.queue_name > k.q
+            ORDER BY m.queue_name LIMIT 1)
+    FROM keyed AS k WHERE k.q IS NOT NULL
+)
 SELECT q,
        EXISTS (
            SELECT 1 FROM pg_queue_message AS m
            WHERE m.state = 'ready' AND NOT m.parked AND NOT m.scheduled
              AND m.queue_name = q AND m.tenant_key > ''
        ),
-       EXISTS (
-           SELECT 1 FROM pg_queue_message AS m
-           WHERE m.resource_key IS NOT NULL AND NOT m.parked AND m.queue_name = q
-       )
+       q IN (SELECT k.q FROM keyed AS k WHERE k.q IS NOT NULL)
 FROM unnest(%(queues)s::text[]) AS q
 """

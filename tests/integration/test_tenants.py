@@ -3,6 +3,7 @@ and a real worker process that switches to it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from pg_queue.core.conf import KEY_WAKE, NOTIFY_CHANNEL, TENANT_WAKE
 from pg_queue.core.outcomes import ClaimedJob
 from pg_queue.core.payload import loads
 from pg_queue.db import connection as db_connection
-from pg_queue.db import queries
+from pg_queue.db import queries, sql_claim
 from pg_queue.models import Job, TaskResult
 from pg_queue.producer import enqueue, enqueue_many, job
 
@@ -172,3 +173,26 @@ def test_a_keyed_enqueue_announces_its_key_to_the_workers(conn) -> None:
         "default" + TENANT_WAKE + KEY_WAKE,
         "default" + KEY_WAKE,
     ]
+
+
+def test_the_kinds_probe_reads_one_index_entry_per_queue_whatever_other_queues_hold(conn) -> None:
+    """5,000 live keyed jobs (one key each) in another queue: the probe of a queue without keyed
+    jobs still reads nothing of theirs (before its index it walked every live keyed row)."""
+    enqueue_many(
+        [job(ADD, [i, 0], queue="per-user", resource_key=f"user:{i}") for i in range(5000)]
+    )
+    enqueue(ADD, [1, 1])
+    conn.execute("VACUUM ANALYZE pg_queue_message")
+    plan = "\n".join(
+        row[0]
+        for row in conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql_claim.QUEUE_KINDS,
+            {"queues": ["default"]},
+        ).fetchall()
+    )
+    assert "Seq Scan" not in plan, plan
+    assert "pg_queue_msg_keyed_queue_idx" in plan, plan
+    first = re.search(r"Buffers: shared hit=(\d+)", plan)  # the whole statement's
+    assert first is not None, plan
+    assert int(first.group(1)) < 30, plan
+    assert queries.queue_kinds(conn, ["default", "per-user"]).keyed == {"per-user"}
