@@ -77,7 +77,8 @@ def job_claim_fair(
         },
     ).fetchall()
     rows.sort(key=lambda r: (r[-3], r[9], r[0]))
-    listed = rows[0][-1] if rows else 1
+    # An empty claim says nothing about the tenants: the next one reads as deep as this one.
+    listed = rows[0][-1] if rows else tenants
     # The tenant list was cut at ``limit``: the next claim goes on from its last tenant.
     next_start = rows[0][-2] if listed >= limit else ""
     return FairClaim([ClaimedJob(*row[:-3]) for row in rows], next_start, listed)
