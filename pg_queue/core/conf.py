@@ -99,7 +99,9 @@ DEFAULT_SCHEDULER_POLL = 1.0
 NOTIFY_CHANNEL = "pg_queue"
 #: Appended to a queue's wake-up payload when the new jobs have a tenant, or a resource key: a
 #: worker claiming that queue with a statement that leaves such jobs alone switches at once.
-TENANT_WAKE, KEY_WAKE = "\x1ftenant", "\x1fkey"
+#: Starts each mark (a queue named with it gets no wake-ups, only the workers' polls).
+WAKE_MARK = "\x1f"
+TENANT_WAKE, KEY_WAKE = WAKE_MARK + "tenant", WAKE_MARK + "key"
 
 
 def wake_payload(queue: str, tenant_key: str = "", resource_key: str | None = None) -> str:

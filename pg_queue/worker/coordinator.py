@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from pg_queue import metrics
-from pg_queue.core.conf import KEY_WAKE, TENANT_WAKE, QueueSettings
+from pg_queue.core.conf import KEY_WAKE, TENANT_WAKE, WAKE_MARK, QueueSettings
 from pg_queue.core.continuations import lenient_on_error
 from pg_queue.core.exceptions import PayloadError, TaskNotFound
 from pg_queue.core.outcomes import Bury, Cancelled, ClaimedJob, storable_text
@@ -121,7 +121,7 @@ class Coordinator:
 
     def on_notify(self, payload: str) -> None:
         """A NOTIFY on the queue channel: the payload names a queue with new jobs."""
-        queue, mark, marks = payload.partition("\x1f")
+        queue, mark, marks = payload.partition(WAKE_MARK)
         if queue in self.queues:
             if mark:
                 self._hints.append((queue, mark + marks))
