@@ -80,7 +80,7 @@ def job_claim_fair(
     # An empty claim says nothing about the tenants: the next one reads as deep as this one.
     listed = rows[0][-1] if rows else tenants
     # The tenant list was cut at ``limit``: the next claim goes on from its last tenant.
-    next_start = rows[0][-2] if listed >= limit else ""
+    next_start = rows[0][-2] if rows and listed >= limit else ""
     return FairClaim([ClaimedJob(*row[:-3]) for row in rows], next_start, listed)
 
 

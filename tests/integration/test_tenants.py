@@ -107,6 +107,9 @@ def test_every_tenant_gets_a_turn_when_there_are_more_tenants_than_a_batch(conn)
     # a whole batch from each of up to a batch of tenants).
     assert tenants > 1
     assert fair(conn, limit=100, tenants=tenants).tenants == tenants
+    # ... also when that count filled the batch (the next claim then starts from the top).
+    empty = fair(conn, limit=100, start="t199", tenants=100)
+    assert (empty.jobs, empty.tenants, empty.next_start) == ([], 100, "")
 
 
 def test_the_plain_claim_leaves_tenants_jobs_to_the_fair_one(conn) -> None:
