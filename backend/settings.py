@@ -90,6 +90,8 @@ PG_QUEUE = {
             ("RESULT_MAX_BYTES", env.int),
             ("UNWRITTEN_OUTCOME_MAX_AGE", env.float),
             ("UNHEALTHY_RESTART_AFTER", env.float),
+            ("POLL_INTERVAL_MIN", env.float),
+            ("POLL_INTERVAL_MAX", env.float),
         )
         if f"PG_QUEUE_{key}" in env
     },

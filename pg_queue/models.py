@@ -438,3 +438,25 @@ class QueueStats(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue_name}: {self.ready} ready at {self.taken_at}"
+
+
+class QueueWaiter(models.Model):
+    """A worker's wake-up mark on one queue: ``waiting`` while it may sleep until a NOTIFY.
+
+    An enqueue that is its own transaction sends a NOTIFY only when it can take (set false) a
+    mark of its queue, so a stream of single enqueues to a busy or absent worker sends none,
+    and a waiting worker gets one per idle spell instead of one per job. The worker sets its
+    marks again before it next sleeps (pg_queue/worker/coordinator.py, "wake-up marks").
+    Unlogged: a crash empties it, and a worker that finds its mark gone sets it again.
+    """
+
+    pk = models.CompositePrimaryKey("queue_name", "worker_id")
+    queue_name = models.CharField(max_length=200)
+    worker_id = models.CharField(max_length=200)
+    waiting = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "pg_queue_waiter"
+
+    def __str__(self) -> str:
+        return f"{self.worker_id} on {self.queue_name}: {'waiting' if self.waiting else 'busy'}"

@@ -358,6 +358,9 @@ def _insert_row(cursor: Any, row: JobRow, using: str, *, notify: bool) -> JobHan
     """
     params = _row_params(row)
     params["notify"] = notify and params["notify"]
+    # Its own transaction: NOTIFY only a waiting worker. Inside a longer one a worker may go
+    # to sleep between this statement and the commit, having missed the row: always NOTIFY.
+    params["waiters_only"] = connections[using].get_autocommit()
     for _ in range(DEDUP_RETRIES):
         cursor.execute(sql.JOB_INSERT, params)
         inserted = cursor.fetchone()

@@ -55,6 +55,8 @@ class Listener:
         #: raises...): each was logged with its traceback, and listening went on.
         self.unexpected_errors = 0
         self._listening = False  # the connection is open and LISTENing
+        #: Connections that have LISTENed so far: a change means NOTIFYs may have been lost.
+        self.connections = 0
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,6 +89,11 @@ class Listener:
         the database has been unreachable (callers poll meanwhile, so nothing is lost).
         """
         return self.working and self._listening and self.alive
+
+    def generation(self) -> int | None:
+        """Which connection delivers NOTIFYs now (it changes on a reconnect); None while none
+        does. A caller that asked producers to NOTIFY it asks again when this changes."""
+        return self.connections if self.healthy else None
 
     def _listen(self) -> psycopg.Connection[Any]:
         conn = self.connect()
@@ -141,6 +148,7 @@ class Listener:
         try:
             conn = self._listen()
             if self._probe(conn):
+                self.connections += 1
                 self._listening = True
                 self.working = True
                 return conn
@@ -164,6 +172,7 @@ class Listener:
             try:
                 if conn is None:
                     conn = self._listen()
+                    self.connections += 1
                     self._listening = True
                     logger.info("listener reconnected channel=%s", self.channel)
                 for note in conn.notifies(timeout=LISTEN_TICK):

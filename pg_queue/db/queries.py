@@ -98,6 +98,15 @@ def queue_kinds(conn: psycopg.Connection[Any], queues: list[str]) -> QueueKinds:
     return QueueKinds({q for q, t, _ in rows if t}, {q for q, _, k in rows if k})
 
 
+def waiter_mark(conn: psycopg.Connection[Any], *, worker_id: str, queues: list[str]) -> bool:
+    """Set this worker's wake-up marks on ``queues``; True if a claimable job is already
+    there (``sql_worker.WAITER_MARK``)."""
+    row = conn.execute(
+        sql_worker.WAITER_MARK, {"worker_id": worker_id, "queues": queues}
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def job_due_soon(
     conn: psycopg.Connection[Any], *, queues: list[str], lookahead: float, lease: float
 ) -> bool:

@@ -31,11 +31,52 @@ WORKER_HEARTBEAT = """
 UPDATE pg_worker SET heartbeat_at = now(), state = %(state)s WHERE worker_id = %(worker_id)s
 """
 
-WORKER_UNREGISTER = "DELETE FROM pg_worker WHERE worker_id = %(worker_id)s"
+WORKER_UNREGISTER = """
+WITH gone AS (DELETE FROM pg_worker WHERE worker_id = %(worker_id)s RETURNING worker_id)
+DELETE FROM pg_queue_waiter WHERE worker_id = %(worker_id)s
+"""
 
-#: Rows of processes that died without unregistering (kill -9, OOM); run by every worker.
+#: Rows of processes that died without unregistering (kill -9, OOM), and their wake-up marks;
+#: run by every worker.
 WORKER_PRUNE = """
-DELETE FROM pg_worker WHERE heartbeat_at < now() - make_interval(secs => %(stale)s)
+WITH gone AS (
+    DELETE FROM pg_worker WHERE heartbeat_at < now() - make_interval(secs => %(stale)s)
+    RETURNING worker_id
+)
+DELETE FROM pg_queue_waiter WHERE worker_id IN (SELECT worker_id FROM gone)
+"""
+
+#: "This worker waits on these queues": one mark per queue, taken (set false) by the first
+#: enqueue that NOTIFYs for it (``sql.JOB_INSERT``). A mark a producer is taking is skipped, not
+#: waited for: that producer's NOTIFY is on its way. Marks are rewritten in place (a HOT update
+#: of an unlogged table with room on its pages); a queue's first mark is inserted. Returns
+#: whether one of the queues holds a claimable job committed before the marks were written
+#: (one index probe each): those sent no NOTIFY, so the worker claims again at once.
+#: pg_queue/worker/coordinator.py ("wake-up marks") says when a worker runs it.
+WAITER_MARK = """
+WITH up AS (
+    UPDATE pg_queue_waiter SET waiting = true
+    WHERE (queue_name, worker_id) IN (
+        SELECT queue_name, worker_id FROM pg_queue_waiter
+        WHERE worker_id = %(worker_id)s AND queue_name = ANY(%(queues)s::text[]) AND NOT waiting
+        FOR UPDATE SKIP LOCKED
+    )
+), ins AS (
+    INSERT INTO pg_queue_waiter (queue_name, worker_id, waiting)
+    SELECT q, %(worker_id)s, true FROM unnest(%(queues)s::text[]) AS q
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pg_queue_waiter AS w WHERE w.queue_name = q AND w.worker_id = %(worker_id)s
+    )
+    ON CONFLICT DO NOTHING
+)
+SELECT EXISTS (
+    SELECT 1 FROM unnest(%(queues)s::text[]) AS q
+    WHERE EXISTS (
+        SELECT 1 FROM pg_queue_message AS m
+        WHERE m.queue_name = q AND m.state = 'ready' AND NOT m.parked AND NOT m.scheduled
+          AND m.available_at <= now()
+    )
+)
 """
 
 # --- results ---------------------------------------------------------------------------------

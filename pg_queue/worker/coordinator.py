@@ -45,6 +45,9 @@ RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 SLOW_TASK_SECONDS = 0.1
 #: Seconds between the probes of what the worker's queues hold (tenants' jobs, keyed jobs).
 KINDS_PROBE_INTERVAL = 1.0
+#: Seconds after which a worker sets its wake-up marks again though it saw no NOTIFY take
+#: them (a crash empties their unlogged table; a pruning may have deleted them).
+MARKS_REFRESH = 30.0
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -116,6 +119,21 @@ class Coordinator:
         self._tenant_start: dict[str, tuple[str, int]] = {}  # where, and how many last time
         self._kinds_probe_at = 0.0
         self._woken_by_wake = False  # did the last idle wait end by a wake-up (not a timeout)?
+        # Wake-up marks (pg_queue_waiter): an enqueue that is its own transaction NOTIFYs only
+        # when it can take a waiting worker's mark on its queue, so that a worker is woken
+        # once per idle spell, not once per job. Before it sleeps for want of work the worker
+        # sets its marks again, in a statement that also says whether a claimable job is
+        # already there (committed before the marks: its enqueue saw none, sent no NOTIFY);
+        # if so it claims again at once. A job committed later finds the mark and NOTIFYs.
+        # What slips between is a job whose enqueue statement was already running when the
+        # marks were written and committed after them: the next enqueue's NOTIFY or the
+        # worker's next poll (poll_interval_min after a wake-up, then doubling) finds it.
+        # ``marks`` says whether NOTIFYs reach this worker (the listener's connection count,
+        # or None while they do not: then nobody is asked to NOTIFY it).
+        self.marks: Callable[[], int | None] | None = None
+        self._waiting: set[str] = set()  # queues whose mark is set, as far as we know
+        self._marks_generation: int | None = None
+        self._marks_refresh_at = 0.0
 
     # --- wake-ups -----------------------------------------------------------------------------
 
@@ -123,6 +141,7 @@ class Coordinator:
         """A NOTIFY on the queue channel: the payload names a queue with new jobs."""
         queue, mark, marks = payload.partition(WAKE_MARK)
         if queue in self.queues:
+            self._waiting.discard(queue)  # this NOTIFY may have taken our mark
             if mark:
                 self._hints.append((queue, mark + marks))
             self._notified.add(queue)
@@ -162,6 +181,8 @@ class Coordinator:
                     elif self._finished_claiming():
                         return
                     waits_for_work = not self._last_claim_full
+                    if waits_for_work and self._mark_waiting():
+                        continue  # a job came before the marks: see "wake-up marks"
                 elif self._finished_claiming():  # e.g. --max-tasks reached and all acked
                     return
                 reconnect_sleep = RECONNECT_MIN
@@ -202,6 +223,7 @@ class Coordinator:
                 idle = min(idle * 2, self.conf.poll_interval_max)
 
     def _reconnect(self) -> None:
+        self._waiting.clear()  # a mark statement may have failed with the connection
         if self.conn is not None:
             self.conn.close()
         try:
@@ -298,6 +320,26 @@ class Coordinator:
         if now >= self._kinds_probe_at and limit > 0:
             self._probe_kinds(now)
         return total
+
+    def _mark_waiting(self) -> bool:
+        """Set this worker's wake-up marks that are down; True if a job is there to claim."""
+        generation = None if self.marks is None else self.marks()
+        if generation is None:  # NOTIFYs do not reach us now: ask nobody to send them
+            self._waiting.clear()
+            return False
+        now = time.monotonic()
+        if generation != self._marks_generation or now >= self._marks_refresh_at:
+            self._waiting.clear()  # the listener reconnected (NOTIFYs lost?), or time's up
+            self._marks_generation = generation
+            self._marks_refresh_at = now + MARKS_REFRESH
+        pending = [q for q in self.queues if q not in self._waiting]
+        if not pending:
+            return False
+        # Before the statement: a NOTIFY that takes a mark we are setting must find it here.
+        self._waiting.update(pending)
+        assert self.conn is not None
+        self.stats.mark_queries += 1
+        return queries.waiter_mark(self.conn, worker_id=self.worker_id, queues=pending)
 
     def _probe_kinds(self, now: float) -> None:
         """Refresh which queues hold tenants' or keyed jobs. After the claims, not before:

@@ -337,6 +337,7 @@ class Worker:
             listener = Listener(NOTIFY_CHANNEL, self.coordinator.on_notify, self._listen_connection)
             if listener.start():
                 self._listener = listener
+                self.coordinator.marks = listener.generation
                 return
             listener.stop()
             self.pooled = True

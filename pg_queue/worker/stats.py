@@ -25,6 +25,7 @@ class WorkerStats:
     time_limited: int = 0
     cancelled: int = 0
     claim_queries: int = 0  # claim statements run (jobs/claim_queries = mean claim batch)
+    mark_queries: int = 0  # wake-up mark statements run (one per idle spell at most)
     finish_batches: int = 0  # finish writes (jobs/finish_batches = mean ack batch)
     swept: int = 0  # expired results deleted by this worker's retention sweeps
     first_claim: float = 0.0  # time.monotonic() of the first non-empty claim

@@ -130,9 +130,16 @@ def test_a_tenant_job_with_a_resource_key_still_holds_its_key(conn) -> None:
     assert fair(conn).jobs == []
 
 
+def waiting(conn: psycopg.Connection[Any]) -> None:
+    """A worker waits on "default": the next lone enqueue there sends a NOTIFY."""
+    queries.waiter_mark(conn, worker_id="w", queues=["default"])
+
+
 def test_a_tenants_enqueue_announces_itself_to_the_workers(conn) -> None:
     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+    waiting(conn)
     enqueue(ADD, [1, 1], tenant_key="acme")
+    waiting(conn)
     enqueue(ADD, [1, 1])
     enqueue_many([job(ADD, [i, 0], tenant_key="b") for i in range(3)])
     payloads = [n.payload for n in conn.notifies(timeout=2.0, stop_after=3)]
@@ -172,7 +179,9 @@ def test_the_keyless_claim_leaves_keyed_jobs_and_the_probe_finds_them(conn) -> N
 
 def test_a_keyed_enqueue_announces_its_key_to_the_workers(conn) -> None:
     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+    waiting(conn)
     enqueue(ADD, [1, 1], resource_key="printer")
+    waiting(conn)
     enqueue(ADD, [1, 1], resource_key="scanner", tenant_key="acme")
     enqueue_many([job(ADD, [i, 0], resource_key=f"k{i}") for i in range(2)])
     payloads = [n.payload for n in conn.notifies(timeout=2.0, stop_after=3)]
