@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from pg_queue.models import Job, JobGroup, ResourceLock, TaskResult, Worker
+from pg_queue.bench import producers as producers_bench
+from pg_queue.models import Job, JobGroup, QueueWaiter, ResourceLock, TaskResult, Worker
 
 
 @pytest.mark.slow
@@ -50,6 +51,15 @@ from pg_queue.models import Job, JobGroup, ResourceLock, TaskResult, Worker
             {"no tenant keys", "tenant A: 200 jobs, then tenant B: 100", "1,000 tenants"},
         ),
         ("delayed", 100, {"100 due, no delayed rows", "100 due beside 5,000 delayed by a day"}),
+        (
+            "producers",
+            2,
+            {
+                f"2 producers, {where}, wake-ups {on}"
+                for where in ("no worker", "one worker draining")
+                for on in ("on", "off")
+            },
+        ),
     ],
 )
 def test_bench_workload_reports_figures_and_cleans_up(
@@ -57,6 +67,7 @@ def test_bench_workload_reports_figures_and_cleans_up(
 ) -> None:
     for key, value in worker_env.items():  # the bench's workers must use the test database
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(producers_bench, "RUN_SECONDS", 1.0)
     out = io.StringIO()
     call_command("pg_queue_bench", workload=workload, n=n, reps=1, json=True, stdout=out)
     lines = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
@@ -82,8 +93,11 @@ def test_bench_workload_reports_figures_and_cleans_up(
         assert late["a_started_before_b_last_worst"] <= 150, late
     if workload == "delayed":
         assert any("ratio_to_no_delayed" in line for line in lines)
+    if workload == "producers":
+        assert sum("ratio_on_to_off" in line for line in lines) == 2
     assert not Job.objects.filter(queue_name="pg_queue_bench").exists()
     assert not TaskResult.objects.filter(queue_name="pg_queue_bench").exists()
     assert not Worker.objects.exists()
+    assert not QueueWaiter.objects.exists()
     assert not JobGroup.objects.exists()
     assert not ResourceLock.objects.exists()

@@ -19,6 +19,7 @@ else:
 
 from pg_queue.bench import delayed as delayed_bench
 from pg_queue.bench import fairness as fairness_bench
+from pg_queue.bench import producers as producers_bench
 from pg_queue.bench import runner as bench
 from pg_queue.bench import workflows as workflow_bench
 from pg_queue.core.conf import queue_settings
@@ -34,6 +35,7 @@ WORKLOADS = (
     "group",
     "fairness",
     "delayed",
+    "producers",
     "all",
 )
 DEFAULT_N = {
@@ -46,6 +48,7 @@ DEFAULT_N = {
     "group": 1_000,
     "fairness": 50_100,
     "delayed": 20_000,
+    "producers": 8,  # producer processes, not jobs
 }
 #: Interleaved repetitions of each variant of the A/B workloads (their figures are medians).
 DEFAULT_REPS = 3
@@ -53,18 +56,20 @@ DEFAULT_REPS = 3
 
 class Command(BaseCommand):
     help = (
-        "Benchmark pg_queue: drain, enqueue, latency, rpc, scale, locks, group, fairness and "
-        "delayed workloads."
+        "Benchmark pg_queue: drain, enqueue, latency, rpc, scale, locks, group, fairness, "
+        "delayed and producers workloads."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--workload", choices=WORKLOADS, default="all")
-        parser.add_argument("--n", type=int, default=None, help="jobs (default per workload)")
+        parser.add_argument(
+            "--n", type=int, default=None, help="jobs (producers: processes; default per workload)"
+        )
         parser.add_argument(
             "--reps",
             type=int,
             default=DEFAULT_REPS,
-            help="repetitions of each variant of locks, group, fairness and delayed "
+            help="repetitions of each variant of locks, group, fairness, delayed and producers "
             f"(medians; {DEFAULT_REPS})",
         )
         parser.add_argument(
@@ -152,6 +157,8 @@ class Command(BaseCommand):
             return fairness_bench.workload_fairness(n, reps, progress=report)
         if workload == "delayed":
             return delayed_bench.workload_delayed(n, reps, progress=report)
+        if workload == "producers":
+            return producers_bench.workload_producers(n, reps, progress=report)
         return bench.workload_scale(n, min(20_000, max(1, n // 10)), progress=report)
 
 
