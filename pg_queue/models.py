@@ -443,20 +443,24 @@ class QueueStats(models.Model):
 class QueueWaiter(models.Model):
     """A worker's wake-up mark on one queue: ``waiting`` while it may sleep until a NOTIFY.
 
-    An enqueue that is its own transaction sends a NOTIFY only when it can take (set false) a
-    mark of its queue, so a stream of single enqueues to a busy or absent worker sends none,
-    and a waiting worker gets one per idle spell instead of one per job. The worker sets its
-    marks again before it next sleeps (pg_queue/worker/coordinator.py, "wake-up marks").
-    Unlogged: a crash empties it, and a worker that finds its mark gone sets it again.
+    An enqueue that is its own transaction sends a NOTIFY only when the queue has a waiting
+    mark, so a stream of single enqueues with no worker waiting sends none. A ``takeable``
+    mark is also taken (set false) by the enqueue that NOTIFYs, so that a worker flooded with
+    wake-ups gets one per idle spell instead of one per job, and sets it again before it next
+    sleeps; a worker woken about once per claim keeps its marks standing (not takeable) and
+    writes nothing per job (pg_queue/worker/coordinator.py, "wake-up marks"). Unlogged: a
+    crash empties it, and a worker sets its marks again within ``MARKS_REFRESH``.
     """
 
     pk = models.CompositePrimaryKey("queue_name", "worker_id")
     queue_name = models.CharField(max_length=200)
     worker_id = models.CharField(max_length=200)
     waiting = models.BooleanField(default=False)
+    takeable = models.BooleanField(default=False)
 
     class Meta:
         db_table = "pg_queue_waiter"
 
     def __str__(self) -> str:
-        return f"{self.worker_id} on {self.queue_name}: {'waiting' if self.waiting else 'busy'}"
+        state = "waiting" if self.waiting else "busy"
+        return f"{self.worker_id} on {self.queue_name}: {state}{' (takeable)' * self.takeable}"

@@ -98,13 +98,23 @@ def queue_kinds(conn: psycopg.Connection[Any], queues: list[str]) -> QueueKinds:
     return QueueKinds({q for q, t, _ in rows if t}, {q for q, _, k in rows if k})
 
 
-def waiter_mark(conn: psycopg.Connection[Any], *, worker_id: str, queues: list[str]) -> bool:
-    """Set this worker's wake-up marks on ``queues``; True if a claimable job is already
-    there (``sql_worker.WAITER_MARK``)."""
+@dataclass(frozen=True, slots=True)
+class Marked:
+    """What ``waiter_mark`` did: the queues now marked as asked, and whether a job waits."""
+
+    queues: set[str]
+    jobs_waiting: bool
+
+
+def waiter_mark(
+    conn: psycopg.Connection[Any], *, worker_id: str, queues: list[str], takeable: bool
+) -> Marked:
+    """Set this worker's wake-up marks on ``queues`` (``sql_worker.WAITER_MARK``)."""
     row = conn.execute(
-        sql_worker.WAITER_MARK, {"worker_id": worker_id, "queues": queues}
+        sql_worker.WAITER_MARK, {"worker_id": worker_id, "queues": queues, "takeable": takeable}
     ).fetchone()
-    return bool(row and row[0])
+    assert row is not None  # one row, always
+    return Marked(set(row[0]), bool(row[1]))
 
 
 def job_due_soon(

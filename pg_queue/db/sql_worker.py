@@ -46,30 +46,40 @@ WITH gone AS (
 DELETE FROM pg_queue_waiter WHERE worker_id IN (SELECT worker_id FROM gone)
 """
 
-#: "This worker waits on these queues": one mark per queue, taken (set false) by the first
-#: enqueue that NOTIFYs for it (``sql.JOB_INSERT``). A mark a producer is taking is skipped, not
-#: waited for: that producer's NOTIFY is on its way. Marks are rewritten in place (a HOT update
-#: of an unlogged table with room on its pages); a queue's first mark is inserted. Returns
-#: whether one of the queues holds a claimable job committed before the marks were written
-#: (one index probe each): those sent no NOTIFY, so the worker claims again at once.
+#: "This worker waits on these queues": one mark per queue (``models.QueueWaiter``), standing
+#: or ``takeable`` (then the first enqueue that NOTIFYs for it sets it false). A mark a
+#: producer is taking is skipped, not waited for: that producer's NOTIFY is on its way.
+#: Marks are rewritten in place (a HOT update of an unlogged table with room on its pages); a
+#: queue's first mark is inserted. Returns the queues now marked as asked (the others were
+#: locked: mark them next time) and whether one of the queues holds a claimable job committed
+#: before the marks (one index probe each): it sent no NOTIFY, so the worker claims at once.
 #: pg_queue/worker/coordinator.py ("wake-up marks") says when a worker runs it.
 WAITER_MARK = """
 WITH up AS (
-    UPDATE pg_queue_waiter SET waiting = true
+    UPDATE pg_queue_waiter SET waiting = true, takeable = %(takeable)s
     WHERE (queue_name, worker_id) IN (
         SELECT queue_name, worker_id FROM pg_queue_waiter
-        WHERE worker_id = %(worker_id)s AND queue_name = ANY(%(queues)s::text[]) AND NOT waiting
+        WHERE worker_id = %(worker_id)s AND queue_name = ANY(%(queues)s::text[])
+          AND (NOT waiting OR takeable <> %(takeable)s)
         FOR UPDATE SKIP LOCKED
     )
+    RETURNING queue_name
 ), ins AS (
-    INSERT INTO pg_queue_waiter (queue_name, worker_id, waiting)
-    SELECT q, %(worker_id)s, true FROM unnest(%(queues)s::text[]) AS q
+    INSERT INTO pg_queue_waiter (queue_name, worker_id, waiting, takeable)
+    SELECT q, %(worker_id)s, true, %(takeable)s FROM unnest(%(queues)s::text[]) AS q
     WHERE NOT EXISTS (
         SELECT 1 FROM pg_queue_waiter AS w WHERE w.queue_name = q AND w.worker_id = %(worker_id)s
     )
     ON CONFLICT DO NOTHING
+    RETURNING queue_name
 )
-SELECT EXISTS (
+SELECT ARRAY(
+    SELECT queue_name FROM up
+    UNION SELECT queue_name FROM ins
+    UNION SELECT queue_name FROM pg_queue_waiter
+    WHERE worker_id = %(worker_id)s AND queue_name = ANY(%(queues)s::text[])
+      AND waiting AND takeable = %(takeable)s
+), EXISTS (
     SELECT 1 FROM unnest(%(queues)s::text[]) AS q
     WHERE EXISTS (
         SELECT 1 FROM pg_queue_message AS m

@@ -17,6 +17,7 @@ class Migration(migrations.Migration):
                 ('queue_name', models.CharField(max_length=200)),
                 ('worker_id', models.CharField(max_length=200)),
                 ('waiting', models.BooleanField(default=False)),
+                ('takeable', models.BooleanField(default=False)),
             ],
             options={
                 'db_table': 'pg_queue_waiter',
@@ -30,11 +31,11 @@ class Migration(migrations.Migration):
             reverse_sql="ALTER TABLE pg_queue_waiter SET LOGGED; "
             "ALTER TABLE pg_queue_waiter RESET (fillfactor)",
         ),
-        # Called by a lone enqueue (pg_queue/db/sql.py, JOB_INSERT): take the waiting marks of
-        # the queue that no other transaction is taking, and NOTIFY if there were any. A
-        # function, not a CTE of the INSERT: its plan is cached per session (the CTE cost
-        # every enqueue 0.07 ms of planning), and its UPDATE reads the marks as they are when
-        # it runs (a volatile function takes a new snapshot), after the job's row is written.
+        # Called by a lone enqueue (pg_queue/db/sql.py, JOB_INSERT): NOTIFY if a worker waits
+        # on the queue, taking the takeable marks no other transaction is taking. A function,
+        # not a CTE of the INSERT: its plans are cached per session (the CTE cost every
+        # enqueue 0.07 ms of planning), and it reads the marks as they are when it runs (a
+        # volatile function takes a new snapshot per query), after the job's row is written.
         migrations.RunSQL(
             """
             CREATE FUNCTION pg_queue_wake(queue text, channel text, payload text)
@@ -43,11 +44,14 @@ class Migration(migrations.Migration):
                 UPDATE pg_queue_waiter AS w SET waiting = false
                 FROM (
                     SELECT queue_name, worker_id FROM pg_queue_waiter
-                    WHERE queue_name = queue AND waiting
+                    WHERE queue_name = queue AND waiting AND takeable
                     FOR UPDATE SKIP LOCKED
                 ) AS s
                 WHERE w.queue_name = s.queue_name AND w.worker_id = s.worker_id;
-                IF FOUND THEN
+                IF FOUND OR EXISTS (
+                    SELECT 1 FROM pg_queue_waiter
+                    WHERE queue_name = queue AND waiting AND NOT takeable
+                ) THEN
                     PERFORM pg_notify(channel, payload);
                     RETURN true;
                 END IF;

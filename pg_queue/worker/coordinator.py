@@ -48,6 +48,14 @@ KINDS_PROBE_INTERVAL = 1.0
 #: Seconds after which a worker sets its wake-up marks again though it saw no NOTIFY take
 #: them (a crash empties their unlogged table; a pruning may have deleted them).
 MARKS_REFRESH = 30.0
+#: Seconds over which the worker counts its NOTIFYs, claims and jobs to choose its marks' kind.
+MARKS_WINDOW = 0.5
+#: Standing marks turn takeable when a window brings this many NOTIFYs per claim (and at least
+#: MARKS_FLOOD of them): most NOTIFYs then arrive while a claim is under way and are wasted.
+FLOOD_NOTIFIES_PER_CLAIM, MARKS_FLOOD = 3, 50
+#: Takeable marks stand again when a window's claims bring fewer jobs than this each: wake-ups
+#: come one job at a time, and setting the mark again after each would cost a statement per job.
+FLOOD_JOBS_PER_CLAIM = 2
 
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -120,20 +128,26 @@ class Coordinator:
         self._kinds_probe_at = 0.0
         self._woken_by_wake = False  # did the last idle wait end by a wake-up (not a timeout)?
         # Wake-up marks (pg_queue_waiter): an enqueue that is its own transaction NOTIFYs only
-        # when it can take a waiting worker's mark on its queue, so that a worker is woken
-        # once per idle spell, not once per job. Before it sleeps for want of work the worker
-        # sets its marks again, in a statement that also says whether a claimable job is
-        # already there (committed before the marks: its enqueue saw none, sent no NOTIFY);
-        # if so it claims again at once. A job committed later finds the mark and NOTIFYs.
-        # What slips between is a job whose enqueue statement was already running when the
-        # marks were written and committed after them: the next enqueue's NOTIFY or the
-        # worker's next poll (poll_interval_min after a wake-up, then doubling) finds it.
+        # when a worker waits on its queue (a mark), so producers with no worker waiting pay
+        # no NOTIFY. Marks stand while wake-ups come about once per claim (request-reply,
+        # trickles: nothing is written per job). When NOTIFYs flood in (several per claim,
+        # most of them wasted), the worker makes its marks takeable: the enqueue that NOTIFYs
+        # takes them, the next ones send none, and the worker sets them again before it next
+        # sleeps for want of work, in a statement that also says whether a claimable job is
+        # already there (committed before the marks: its enqueue saw none taken, sent no
+        # NOTIFY); if so it claims again at once. A job committed later finds the mark and
+        # NOTIFYs. What slips between is a job whose enqueue statement was already running
+        # when the marks were written and committed after them: the next enqueue's NOTIFY or
+        # the worker's next poll (poll_interval_min after a wake-up, then doubling) finds it.
         # ``marks`` says whether NOTIFYs reach this worker (the listener's connection count,
         # or None while they do not: then nobody is asked to NOTIFY it).
         self.marks: Callable[[], int | None] | None = None
         self._waiting: set[str] = set()  # queues whose mark is set, as far as we know
         self._marks_generation: int | None = None
         self._marks_refresh_at = 0.0
+        self._takeable = False  # the kind of marks this worker sets now
+        self._window_end = 0.0
+        self._window_claims = self._window_jobs = self._window_notifies = 0
 
     # --- wake-ups -----------------------------------------------------------------------------
 
@@ -141,7 +155,9 @@ class Coordinator:
         """A NOTIFY on the queue channel: the payload names a queue with new jobs."""
         queue, mark, marks = payload.partition(WAKE_MARK)
         if queue in self.queues:
-            self._waiting.discard(queue)  # this NOTIFY may have taken our mark
+            self._window_notifies += 1
+            if self._takeable:
+                self._waiting.discard(queue)  # this NOTIFY may have taken our mark
             if mark:
                 self._hints.append((queue, mark + marks))
             self._notified.add(queue)
@@ -317,9 +333,34 @@ class Coordinator:
                 self._accept(claimed)
                 total += len(claimed)
         self._last_claim_full = total >= limit
+        self._window_claims += 1
+        self._window_jobs += total
+        if now >= self._window_end:
+            self._choose_marks(now)
         if now >= self._kinds_probe_at and limit > 0:
             self._probe_kinds(now)
         return total
+
+    def _choose_marks(self, now: float) -> None:
+        """Standing or takeable marks, from the last window's NOTIFYs, claims and jobs."""
+        claims, jobs, notifies = self._window_claims, self._window_jobs, self._window_notifies
+        self._window_claims = self._window_jobs = self._window_notifies = 0
+        self._window_end = now + MARKS_WINDOW
+        if self._takeable:
+            takeable = jobs >= FLOOD_JOBS_PER_CLAIM * claims
+        else:
+            takeable = notifies >= max(MARKS_FLOOD, FLOOD_NOTIFIES_PER_CLAIM * claims)
+        if takeable != self._takeable:
+            self._takeable = takeable
+            self._waiting.clear()  # set every mark again, of the new kind
+            logger.debug(
+                "wake-up marks now %s worker_id=%s claims=%d jobs=%d notifies=%d",
+                "takeable" if takeable else "standing",
+                self.worker_id,
+                claims,
+                jobs,
+                notifies,
+            )
 
     def _mark_waiting(self) -> bool:
         """Set this worker's wake-up marks that are down; True if a job is there to claim."""
@@ -339,7 +380,12 @@ class Coordinator:
         self._waiting.update(pending)
         assert self.conn is not None
         self.stats.mark_queries += 1
-        return queries.waiter_mark(self.conn, worker_id=self.worker_id, queues=pending)
+        marked = queries.waiter_mark(
+            self.conn, worker_id=self.worker_id, queues=pending, takeable=self._takeable
+        )
+        # A mark a producer was taking was skipped: set it next time.
+        self._waiting.difference_update(set(pending) - marked.queues)
+        return marked.jobs_waiting
 
     def _probe_kinds(self, now: float) -> None:
         """Refresh which queues hold tenants' or keyed jobs. After the claims, not before:

@@ -132,7 +132,7 @@ def test_a_tenant_job_with_a_resource_key_still_holds_its_key(conn) -> None:
 
 def waiting(conn: psycopg.Connection[Any]) -> None:
     """A worker waits on "default": the next lone enqueue there sends a NOTIFY."""
-    queries.waiter_mark(conn, worker_id="w", queues=["default"])
+    queries.waiter_mark(conn, worker_id="w", queues=["default"], takeable=False)
 
 
 def test_a_tenants_enqueue_announces_itself_to_the_workers(conn) -> None:
