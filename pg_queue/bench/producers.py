@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
+import time
 from typing import Any
+
+from django.db import connection
 
 from pg_queue.bench.producer_child import START_TIMEOUT, produce
 from pg_queue.bench.runner import Figures, Progress, WorkerProcess, cleanup
+from pg_queue.bench.tasks import BENCH_QUEUE
+from pg_queue.db import sql_ops
+from pg_queue.models import Job
 
 #: Seconds each producer enqueues per run.
 RUN_SECONDS = 5.0
+#: Seconds the worker may take to drain what a run left before the next run starts.
+SETTLE_TIMEOUT = 60.0
 #: Throughput with wake-ups on, as a share of it with them off, that issue 14 asks for.
 RATIO_REQUIRED = 0.90
 
@@ -49,6 +57,19 @@ def _run(procs: int, notify: bool, seconds: float) -> float:
     return total / seconds
 
 
+def _settle() -> None:
+    """Let the worker drain what the run left, then vacuum: every run starts from the same
+    table (the machine's autovacuum may be off, and each job leaves dead rows behind)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while Job.objects.filter(queue_name=BENCH_QUEUE).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker did not drain the producers' jobs in {SETTLE_TIMEOUT}s")
+        time.sleep(0.1)
+    with connection.cursor() as cursor:
+        for statement in sql_ops.BENCH_VACUUM:
+            cursor.execute(statement)
+
+
 def workload_producers(
     procs: int, reps: int = 3, progress: Progress | None = None, seconds: float | None = None
 ) -> list[Figures]:
@@ -72,6 +93,8 @@ def workload_producers(
                     rates[notify].append(_run(procs, notify, seconds))
                     if worker is None:
                         cleanup()
+                    else:
+                        _settle()
         finally:
             if worker is not None:
                 worker.stop()
