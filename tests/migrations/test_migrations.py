@@ -22,6 +22,17 @@ def table_names() -> set[str]:
         return {row[0] for row in cursor.fetchall()}
 
 
+def wake_function_and_marks_persistence() -> tuple[bool, str | None]:
+    """Does ``pg_queue_wake()`` exist, and how is ``pg_queue_waiter`` stored ('u': unlogged)?"""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT to_regprocedure('pg_queue_wake(text, text, text)') IS NOT NULL, "
+            "(SELECT relpersistence FROM pg_class WHERE oid = to_regclass('pg_queue_waiter'))"
+        )
+        function, persistence = cursor.fetchone()
+    return function, persistence
+
+
 @pytest.mark.django_db
 def test_models_and_migrations_are_in_step():
     out = io.StringIO()
@@ -40,14 +51,18 @@ def test_every_migration_unapplies_and_applies_again():
         "pg_queue_group",
         "pg_resource_lock",
         "pg_queue_stats",
+        "pg_queue_waiter",
     }
     assert table_names() == tables
+    assert wake_function_and_marks_persistence() == (True, "u")
     try:
         call_command("migrate", "pg_queue", "zero", verbosity=0)
         assert table_names() == set()
+        assert wake_function_and_marks_persistence() == (False, None)
     finally:
         call_command("migrate", "pg_queue", verbosity=0)
     assert table_names() == tables
+    assert wake_function_and_marks_persistence() == (True, "u")  # 0013: unlogged marks
     with connection.cursor() as cursor:  # 0005's index on claimed rows is back, vt's is gone
         cursor.execute(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'pg_queue_message' "
