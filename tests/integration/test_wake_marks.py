@@ -87,18 +87,18 @@ def test_marking_an_idle_queue_finds_no_job_and_switches_the_kind_in_place(conn)
 def test_an_enqueue_inside_a_transaction_always_notifies_and_leaves_the_marks(conn, how) -> None:
     """Inside a longer transaction a worker may set its mark and sleep between the INSERT and
     the commit, having missed the row: such an enqueue cannot rely on the marks."""
-    if how == "atomic":
-        with transaction.atomic():
-            enqueue(ECHO, [0])
-    else:
-        enqueue_many([job(ECHO, [i]) for i in range(3)])
+
+    def enqueue_in_a_transaction() -> None:
+        if how == "atomic":
+            with transaction.atomic():
+                enqueue(ECHO, [0])
+        else:
+            enqueue_many([job(ECHO, [i]) for i in range(3)])
+
+    enqueue_in_a_transaction()  # no worker waits: notified all the same
     assert notes(conn) == ["default"]
     mark(conn, "w1", "default")
-    if how == "atomic":
-        with transaction.atomic():
-            enqueue(ECHO, [1])
-    else:
-        enqueue_many([job(ECHO, [i]) for i in range(3)])
+    enqueue_in_a_transaction()
     assert notes(conn) == ["default"]
     assert marks() == {("default", "w1"): True}
 
