@@ -21,11 +21,11 @@ _IS_SCHEDULED = f" > now() + interval '{SCHEDULE_AHEAD} seconds'"
 #: One row. ON CONFLICT covers only the partial unique dedup index; RETURNING nothing means a
 #: live duplicate exists. pg_notify is transactional: it is delivered only if the caller commits.
 #: ``waiters_only`` (an enqueue that is its own transaction): NOTIFY only when a worker waits on
-#: the queue, taking its ``pg_queue_waiter`` marks (the ``pg_queue_wake`` function, migration
-#: 0013), so that one wake-up per idle spell is sent instead of one per job (a NOTIFY
-#: serialises commits on a database-wide lock). Marks another producer is taking are skipped:
-#: its NOTIFY wakes the worker. Inside a longer transaction the NOTIFY is always sent (see
-#: pg_queue/worker/coordinator.py, "wake-up marks").
+#: the queue (a ``pg_queue_waiter`` mark; the ``pg_queue_wake`` function, migration 0013), and
+#: take the marks a flooded worker made takeable, so that it gets one wake-up per idle spell
+#: instead of one per job (a NOTIFY serialises commits on a database-wide lock). Inside a
+#: longer transaction the NOTIFY is always sent (pg_queue/worker/coordinator.py, "wake-up
+#: marks").
 JOB_INSERT = (
     """
 WITH ins AS (

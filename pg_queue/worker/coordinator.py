@@ -365,8 +365,8 @@ class Coordinator:
     def _mark_waiting(self) -> bool:
         """Set this worker's wake-up marks that are down; True if a job is there to claim."""
         generation = None if self.marks is None else self.marks()
-        if generation is None:  # NOTIFYs do not reach us now: ask nobody to send them
-            self._waiting.clear()
+        if generation is None:  # NOTIFYs do not reach us now: set no marks (the ones set
+            self._waiting.clear()  # already cost producers a NOTIFY each, nothing more)
             return False
         now = time.monotonic()
         if generation != self._marks_generation or now >= self._marks_refresh_at:
